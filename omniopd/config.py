@@ -1,0 +1,266 @@
+"""Typed configuration: one dataclass per concern, one-line help per knob, validated early.
+
+Precedence is flag > config file > default (TRL's configs). Every knob is a dataclass field
+made with `knob(...)`, which carries its help and its CLI flag; the CLI builds its parser from
+these fields, so `omniopd train --help` documents every flag and there is one place to add a
+knob. Unknown keys and out-of-range values raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from omniopd.errors import ConfigError
+
+
+def knob(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None) -> Any:
+    """A config field with its help text and (optionally) a flag name other than `--field-name`."""
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _check_choice(value: Any, key: str, choices: tuple) -> None:
+    _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+@dataclass
+class StudentConfig:
+    model: str = knob("smollm2", "student: hub id, local directory, .gguf file, or 'smollm2' (packaged SmolLM2-135M-Instruct)", flag="--student")
+    lora_r: int = knob(0, "LoRA rank; 0 trains all weights (the reference is then a frozen copy)")
+    lora_alpha: int = knob(32, "LoRA alpha (used when --lora-r > 0)")
+    generations: int = knob(4, "G: completions sampled per prompt")
+    max_new_tokens: int = knob(256, "longest student completion, in tokens")
+    temperature: float = knob(1.0, "student sampling temperature for rollouts (the paper: 1.0)")
+    system_prompt: str | None = knob(None, "system message prepended to every prompt (none by default)")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "student.model", "must not be empty")
+        _check(self.lora_r >= 0, "student.lora_r", f"must be >= 0; got {self.lora_r}")
+        _check(self.lora_alpha > 0, "student.lora_alpha", f"must be > 0; got {self.lora_alpha}")
+        _check(self.generations >= 1, "student.generations", f"must be >= 1; got {self.generations}")
+        _check(self.max_new_tokens >= 1, "student.max_new_tokens", f"must be >= 1; got {self.max_new_tokens}")
+        _check(self.temperature > 0, "student.temperature", f"must be > 0; got {self.temperature}")
+
+
+@dataclass
+class TeacherConfig:
+    spec: str = knob("local:smollm2", "teacher: claude-haiku, anthropic:M, openai:M, gemini:M, openai-compatible:M, local:ID_OR_PATH", flag="--teacher")
+    samples: int = knob(10, "N: teacher continuations per audited chunk (the paper: 10)", flag="--teacher-samples")
+    base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
+    temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
+    token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
+    fallback: str = knob("local:smollm2", "local teacher used when the API has no key or fails past its deadline", flag="--fallback-teacher")
+    no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
+    max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
+    concurrency: int = knob(8, "requests in flight per (provider, model)", flag="--teacher-concurrency")
+    rpm: float | None = knob(None, "requests per minute per (provider, model); unset = the table's default", flag="--teacher-rpm")
+    tpm: float | None = knob(None, "tokens per minute per (provider, model); unset = unlimited", flag="--teacher-tpm")
+    timeout_s: float = knob(60.0, "per-request timeout, seconds", flag="--teacher-timeout")
+    deadline_s: float = knob(300.0, "give up retrying one request after this many seconds", flag="--teacher-deadline")
+    max_attempts: int = knob(8, "attempts per request before giving up", flag="--teacher-max-attempts")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.spec), "teacher.spec", "must not be empty")
+        _check(self.samples >= 1, "teacher.samples", f"must be >= 1; got {self.samples}")
+        _check(self.temperature is None or self.temperature >= 0, "teacher.temperature", f"must be >= 0; got {self.temperature}")
+        _check(self.token_factor >= 1.0, "teacher.token_factor", f"must be >= 1; got {self.token_factor}")
+        _check(self.max_usd is None or self.max_usd > 0, "teacher.max_usd", f"must be > 0; got {self.max_usd}")
+        _check(self.concurrency >= 1, "teacher.concurrency", f"must be >= 1; got {self.concurrency}")
+        _check(self.rpm is None or self.rpm > 0, "teacher.rpm", f"must be > 0; got {self.rpm}")
+        _check(self.tpm is None or self.tpm > 0, "teacher.tpm", f"must be > 0; got {self.tpm}")
+        _check(self.timeout_s > 0, "teacher.timeout_s", f"must be > 0; got {self.timeout_s}")
+        _check(self.deadline_s > 0, "teacher.deadline_s", f"must be > 0; got {self.deadline_s}")
+        _check(self.max_attempts >= 1, "teacher.max_attempts", f"must be >= 1; got {self.max_attempts}")
+
+
+@dataclass
+class DataConfig:
+    path: str = knob("demo", "prompts: a .jsonl file, a `datasets` directory, or 'demo' (the packaged set)", flag="--data")
+    prompt_field: str = knob("question", "JSONL/dataset field holding the prompt text (GSM8K: question)")
+    answer_field: str | None = knob(None, "field holding the reference answer (kept for verifiers and eval)")
+    split: str = knob("train", "split to read from a `datasets` directory")
+    limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "data.path", "must not be empty")
+        _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
+        _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
+
+
+@dataclass
+class SchedulerConfig:
+    chunk_tokens: int = knob(50, "C: tokens per audited chunk (the paper: 50)")
+    chunks_per_completion: int = knob(10, "M: audited chunks per completion at most (the paper: 10)")
+    batch_budget: int | None = knob(None, "audited chunks per step across the batch at most (highest entropy first)")
+    selection: str = knob("entropy", "where chunks start: entropy peaks (the paper) or uniform spacing (ablation)", choices=("entropy", "uniform"))
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_tokens >= 1, "scheduler.chunk_tokens", f"must be >= 1; got {self.chunk_tokens}")
+        _check(self.chunks_per_completion >= 1, "scheduler.chunks_per_completion", f"must be >= 1; got {self.chunks_per_completion}")
+        _check(self.batch_budget is None or self.batch_budget >= 1, "scheduler.batch_budget", f"must be >= 1; got {self.batch_budget}")
+        _check_choice(self.selection, "scheduler.selection", ("entropy", "uniform"))
+
+
+@dataclass
+class ScorerConfig:
+    similarity: str = knob("embedding", "phi: embedding cosine (packaged MiniLM), normalised char edit distance, or ROUGE-1 F1", choices=("embedding", "edit", "rouge1"))
+    embedder: str = knob("minilm", "sentence-transformers model for phi=embedding: path, hub id, or 'minilm' (packaged)")
+    alpha: float = knob(1.0, "Dirichlet prior strength alpha in pi_hat = (k + alpha*pi_bar)/(N + alpha)")
+    trim_slack: float = knob(0.2, "teacher samples are trimmed to the student chunk's characters * (1 + slack) before phi")
+
+    def __post_init__(self) -> None:
+        _check_choice(self.similarity, "scorer.similarity", ("embedding", "edit", "rouge1"))
+        _check(self.alpha >= 0, "scorer.alpha", f"must be >= 0; got {self.alpha}")
+        _check(self.trim_slack >= 0, "scorer.trim_slack", f"must be >= 0; got {self.trim_slack}")
+
+
+@dataclass
+class LearnerConfig:
+    beta: float = knob(0.1, "weight of the exact KL(pi_ref || pi_theta) anchor on unaudited tokens (the paper: 0.1)")
+    learning_rate: float = knob(1e-5, "AdamW learning rate")
+    prompts_per_step: int = knob(2, "prompts per optimizer step (each sampled G times)")
+    updates_per_batch: int = knob(1, "optimizer steps on each batch of rollouts (TRL's num_iterations); >1 reuses rollouts")
+    epsilon: float = knob(0.2, "PPO clip range, active only when rollouts are reused")
+    max_grad_norm: float = knob(1.0, "gradient clipping norm")
+    max_steps: int = knob(3, "optimizer steps to run", flag="--max-steps")
+    seed: int = knob(0, "seed for sampling, data order and initialisation", flag="--seed")
+
+    def __post_init__(self) -> None:
+        _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
+        _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
+        _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")
+        _check(0 < self.epsilon < 1, "learner.epsilon", f"must be in (0, 1); got {self.epsilon}")
+        _check(self.max_grad_norm > 0, "learner.max_grad_norm", f"must be > 0; got {self.max_grad_norm}")
+        _check(self.max_steps >= 1, "learner.max_steps", f"must be >= 1; got {self.max_steps}")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
+    save_steps: int = knob(1, "save a resumable checkpoint every N steps")
+    save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
+    report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
+    resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "output.dir", "must not be empty")
+        _check(self.save_steps >= 1, "output.save_steps", f"must be >= 1; got {self.save_steps}")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `omniopd train` needs; the YAML file has one mapping per section."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+SECTIONS: dict[str, type] = _section_types()
+
+
+def field_base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, optional?) for a knob's annotation: `float | None` -> (float, True)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    base, optional = field_base_type(tp)
+    if value is None:
+        _check(optional, key, "must not be null")
+        return None
+    if base is bool:
+        _check(isinstance(value, bool), key, f"must be true or false; got {value!r}")
+        return value
+    if base is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer; got {value!r}")
+        return value
+    if base is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number; got {value!r}")
+        return float(value)
+    if base is str:
+        _check(isinstance(value, str), key, f"must be a string; got {value!r}")
+        return value
+    return value
+
+
+def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults < file values (nested mapping) < overrides (`section.field` -> value).
+
+    Unknown sections or keys fail with the key's dotted name; values are type-checked, then
+    each section's `__post_init__` checks ranges.
+    """
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    file_values = file_values or {}
+    if not isinstance(file_values, dict):
+        raise ConfigError("config file: the top level must be a mapping of sections (student:, teacher:, ...)")
+    for section, values in file_values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown config section; known: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a mapping of keys to values")
+        merged[section].update(values)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"{dotted}: unknown config section")
+        merged[section][key] = value
+    sections = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in merged[section].items():
+            if key not in known:
+                raise ConfigError(f"{section}.{key}: unknown key; known keys of {section}: {', '.join(sorted(known))}")
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        sections[section] = cls(**kwargs)
+    return TrainConfig(**sections)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
+    return data
