@@ -37,7 +37,7 @@ from cache.teacher import CachedTeacher
 from omniopd.errors import CacheError, ReplayError
 
 EPISODES_FILE = "episodes.sqlite"
-SAMPLE_ID_FIELD = "teacher_sample_ids"
+SAMPLE_ID_FIELDS = ("sample_ids", "teacher_sample_ids")
 _MAGIC = b"OPE1"
 _NODE = "\x00arr"  # marks an array placeholder in the JSON skeleton
 
@@ -127,18 +127,30 @@ def decode_episode(blob: bytes) -> dict[str, Any]:
     return _walk_decode(skeleton, memoryview(raw)[8 + n :])
 
 
-def sample_ids(episode: dict[str, Any], field: str = SAMPLE_ID_FIELD) -> list[str]:
-    """Every teacher sample id (`cache_id`) under `episode[field]`, at any nesting depth."""
+def sample_ids(episode: Any, fields: tuple[str, ...] = SAMPLE_ID_FIELDS) -> list[str]:
+    """Every teacher sample id (`cache_id`) found under a key in `fields`, at any depth.
+
+    The pipeline's episode lists them per chunk (`chunks[i]['sample_ids']`); ids that are
+    None (a teacher used without a cache) are skipped.
+    """
     out: list[str] = []
 
-    def walk(v: Any) -> None:
+    def ids(v: Any) -> None:
         if isinstance(v, str):
             out.append(v)
         elif isinstance(v, (list, tuple)):
             for x in v:
+                ids(x)
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                (ids if k in fields else walk)(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
                 walk(x)
 
-    walk(episode.get(field, ()))
+    walk(episode)
     return out
 
 
@@ -153,7 +165,7 @@ class EpisodeRecorder:
     """The pipeline's `recorder`: `record_step(step, episode)` stores one step durably.
 
     `teacher` (the run's `CachedTeacher`) supplies the samples named in
-    `episode['teacher_sample_ids']`, which are copied into the run file with the episode.
+    the episode's `sample_ids` lists, which are copied into the run file with the episode.
     `meta` is stored with the run (the teacher identity is added: replay needs it to rebuild
     cache keys without constructing the teacher).
     """

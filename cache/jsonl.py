@@ -25,7 +25,7 @@ _FIELDS = [f.name for f in dataclasses.fields(TeacherSample)]
 
 def entry_to_json(entry: Entry) -> dict[str, Any]:
     sample = dataclasses.asdict(entry.sample)
-    sample["extra"] = {k: v for k, v in sample["extra"].items() if k != "cache_id"}
+    sample["extra"] = {k: v for k, v in sample["extra"].items() if k not in ("cache_id", "cached")}
     return {"key": entry.key.hex(), "id": entry.uid.hex(), "created": entry.created, **sample}
 
 
@@ -77,13 +77,15 @@ def import_jsonl(store: SampleStore, lines: Iterable[str], name: str = "<input>"
     """Add the samples in `lines`; returns (added, already present)."""
     added = seen = 0
     buf: list[Entry] = []
-    for entry in _read_entries(lines, name):
-        buf.append(entry)
-        if len(buf) >= batch:
+    try:
+        for entry in _read_entries(lines, name):
+            buf.append(entry)
+            if len(buf) >= batch:
+                added += store.put_many(buf)
+                seen += len(buf)
+                buf = []
+    finally:  # a bad line still keeps the good lines before it
+        if buf:
             added += store.put_many(buf)
             seen += len(buf)
-            buf = []
-    if buf:
-        added += store.put_many(buf)
-        seen += len(buf)
     return added, seen - added

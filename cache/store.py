@@ -43,6 +43,7 @@ KEY_BYTES = 16
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BATCH = 500  # bound parameters per statement
 _FLOAT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_s")
+_TRANSIENT_EXTRA = ("cache_id", "cached")  # set on the way out, never stored
 _COLUMNS = "key, uid, created, text, finish_reason, exact, " + ", ".join(_FLOAT_FIELDS) + ", origin, extra"
 
 
@@ -265,7 +266,8 @@ class SampleStore:
         teacher, model = self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
         extra_d["cache_id"] = uid.hex()
-        sample = TeacherSample(text, finish, *floats, model=model, teacher=teacher, exact=bool(exact), extra=extra_d)
+        sample = TeacherSample(text=text, finish_reason=finish, model=model, teacher=teacher, exact=bool(exact), extra=extra_d,
+                               **dict(zip(_FLOAT_FIELDS, floats)))
         return Entry(key, uid, created, sample)
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
@@ -301,7 +303,7 @@ class SampleStore:
             if len(e.key) != KEY_BYTES or len(e.uid) != KEY_BYTES:
                 raise CacheError(f"sample keys and ids must be {KEY_BYTES} bytes (got {len(e.key)}, {len(e.uid)}); this is a bug")
             s = e.sample
-            extra = {k: v for k, v in s.extra.items() if k != "cache_id"}
+            extra = {k: v for k, v in s.extra.items() if k not in _TRANSIENT_EXTRA}
             rows.append(
                 (e.key, e.uid, self._origin_id(conn, s.teacher, s.model), e.created, s.text, s.finish_reason, int(bool(s.exact)),
                  *(float(getattr(s, f)) for f in _FLOAT_FIELDS), json.dumps(extra, sort_keys=True, default=str) if extra else None)

@@ -11,7 +11,8 @@ knows the cache is there. For a request asking for n samples under key K:
 
 Calls for the same key are serialised, so concurrent forks with identical prefixes never pay
 twice. Every returned sample carries `extra['cache_id']` (its stable uid, hex), which episodes
-record. Modes: `read-write` (the default), `read-only` (serve stored samples, call the
+record; samples served from the store also carry `extra['cached'] = True` (already paid for:
+the pipeline leaves them out of the step's spend). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
 teacher for the rest, store nothing), `off` (call the teacher, store nothing; ids are still
 assigned). With no inner teacher (replay), a request with no stored sample raises
 `CacheMissError`; a partly stored pool is served as is (fewer than n samples, like a partial
@@ -235,7 +236,7 @@ class CachedTeacher:
         if self._writer is not None:
             seen = {s.extra["cache_id"] for s in pool}
             pool += [e.sample for e in self._writer.pending_for(key) if e.uid.hex() not in seen]
-        have = pool[: request.n]
+        have = [dataclasses.replace(s, extra={**s.extra, "cached": True}) for s in pool[: request.n]]
         for s in have:
             self._remember_entry(Entry(key, bytes.fromhex(s.extra["cache_id"]), 0.0, s))
         self.counts["from_cache"] += len(have)
