@@ -79,6 +79,8 @@ def read_version(conn: sqlite3.Connection) -> int | None:
         return None
     row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
     if row is None:
+        if "samples" in tables:  # ours, but the version row is gone: damaged, not foreign
+            raise sqlite3.DatabaseError("the schema version record is missing (database disk image is malformed)")
         return None
     try:
         return int(row[0])

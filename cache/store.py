@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,8 +87,19 @@ def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> CacheEr
     return CacheError(f"cache {path}: {msg} while {doing}")
 
 
+# Paths this process holds SQLite connections to. POSIX releases *all* of a process's locks on
+# a file when *any* descriptor of it is closed, so reading the header of a file SQLite already
+# has open would silently drop SQLite's locks (and let another process delete the WAL under
+# it): the header is read only before the first connection of this process.
+_OPEN: dict[str, int] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def check_header(path: Path) -> None:
-    """Reject files that are not SQLite or are shorter than their header says (truncated)."""
+    """Reject files that are not SQLite or are shorter than their header says (truncated).
+
+    Never call it on a file this process has open through SQLite (see `_OPEN`).
+    """
     size = path.stat().st_size
     if size == 0:
         return
@@ -149,9 +161,13 @@ class SampleStore:
                     f"cache {path} is not writable (the file or its directory is read-only); use --cache-mode read-only "
                     f"to only read it, or --cache PATH somewhere writable."
                 )
-        if path.exists():
-            check_header(path)
-        conn = self._connect(path)
+        self._key = str(path.resolve())
+        with _OPEN_LOCK:
+            if path.exists() and not _OPEN.get(self._key):
+                check_header(path)
+            conn = self._connect(path)
+            _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
+        self._closed = False
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             version = read_version(conn)
@@ -180,12 +196,23 @@ class SampleStore:
                 )
             self._load_origins(conn)
         except sqlite3.Error as exc:
-            conn.close()
+            self._release(conn)
             raise translate_error(exc, path, "opening it") from exc
         except CacheError:
-            conn.close()
+            self._release(conn)
             raise
         return conn
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        with _OPEN_LOCK:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            _OPEN[self._key] -= 1
+            if not _OPEN[self._key]:
+                del _OPEN[self._key]
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         uri = path.absolute().as_uri()
@@ -231,8 +258,7 @@ class SampleStore:
             raise translate_error(exc, self.path, doing) from exc
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.close()
+        self._release(self.conn)
 
     def __enter__(self) -> "SampleStore":
         return self
@@ -450,3 +476,21 @@ class SampleStore:
             if bad:
                 problems.append(f"{bad} samples with malformed key or id")
         return problems
+
+
+def verify_file(path: str | Path) -> list[str]:
+    """Problems with the cache file at `path` (empty = healthy), even when it cannot be opened."""
+    try:
+        with SampleStore(path, "read-only") as store:
+            return store.verify()
+    except (CacheCorruptError, CacheSchemaError) as exc:
+        problems = [str(exc)]
+    try:  # what SQLite itself can still say about the file, read as immutable (nothing written)
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            problems += [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        problems.append(f"SQLite cannot read it: {exc}")
+    return problems

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cache.jsonl import export_jsonl, import_jsonl
 from cache.paths import resolve_cache_path
-from cache.store import SampleStore
+from cache.store import SampleStore, verify_file
 from omniopd.errors import CacheError, DataError
 
 
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         with SampleStore(path, "read-only") as store:
             return _stats(store, args.json)
     if action == "verify":
-        with SampleStore(path, "read-only") as store:
-            problems = store.verify()
+        problems = verify_file(path)
         for p in problems:
             print(f"problem: {p}")
         print(f"{path}: {'ok' if not problems else f'{len(problems)} problems; export what is readable and start a fresh cache'}")

@@ -62,10 +62,13 @@ def test_damaged_pages_are_reported_by_verify(tmp_path, capsys):
     for p in range(2, len(data) // page):  # scribble over every page but the header page
         data[p * page + 8 : p * page + 64] = os.urandom(56)
     path.write_bytes(bytes(data))
-    code = cli_main(["cache", "verify", str(path)])
-    err = capsys.readouterr()
-    assert code in (1, 2)
-    assert "problem" in err.out or "damaged" in err.err
+    before = digest(path)
+    assert cli_main(["cache", "verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "problem: cache" in out and "damaged" in out and "start a fresh cache" in out
+    with pytest.raises(CacheCorruptError, match="damaged.*omniopd cache verify"):
+        SampleStore(path)
+    assert digest(path) == before
 
 
 def test_a_newer_schema_is_refused_untouched(tmp_path):
