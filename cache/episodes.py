@@ -226,7 +226,13 @@ class Replay:
         return (self.meta.get("teacher") or {}).get("identity")
 
     def steps(self) -> list[int]:
-        return [step for step, _ in self.store.episode_blobs(self.run)]
+        return self.store.episode_steps(self.run)
+
+    def episode(self, step: int) -> dict[str, Any]:
+        blob = self.store.episode_blob(self.run, step)
+        if blob is None:
+            raise ReplayError(f"--replay {self.path}: step {step} was not recorded")
+        return decode_episode(blob)
 
     def episodes(self) -> Iterator[tuple[int, dict[str, Any]]]:
         for step, blob in self.store.episode_blobs(self.run):

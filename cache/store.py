@@ -420,6 +420,13 @@ class SampleStore:
     def runs(self) -> list[tuple[str, float, dict[str, Any]]]:
         return [(r, c, json.loads(m)) for r, c, m in self._read("SELECT run, created, meta FROM runs ORDER BY created")]
 
+    def episode_steps(self, run: str) -> list[int]:
+        return [r[0] for r in self._read("SELECT step FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes")]
+
+    def episode_blob(self, run: str, step: int) -> bytes | None:
+        rows = self._read("SELECT data FROM episodes WHERE run = ? AND step = ?", (run, int(step)), "reading an episode")
+        return bytes(rows[0][0]) if rows else None
+
     def episode_blobs(self, run: str) -> Iterator[tuple[int, bytes]]:
         for step, data in self._read("SELECT step, data FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes"):
             yield step, bytes(data)

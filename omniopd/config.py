@@ -165,7 +165,7 @@ class OutputConfig:
 
 @dataclass
 class CacheConfig:
-    path: str | None = knob(None, "teacher-sample cache file (SQLite); unset = the user-level cache $OMNIOPD_CACHE_DIR/teacher.sqlite, else $XDG_CACHE_HOME/omniopd/teacher.sqlite, else ~/.cache/omniopd/teacher.sqlite", flag="--cache")
+    path: str | None = knob(None, "teacher-sample cache file (SQLite); unset = the user-level teacher.sqlite in $OMNIOPD_CACHE_DIR, else $OMNIOPD_HOME, else $XDG_CACHE_HOME/omniopd, else ~/.cache/omniopd", flag="--cache")
     mode: str = knob("read-write", "read-write: serve stored samples and store new ones; read-only: serve, never write; off: no cache", flag="--cache-mode", choices=("read-write", "read-only", "off"))
     replay: str | None = knob(None, "retrain offline from a recorded run (its directory or episodes.sqlite): no teacher is constructed, no network", flag="--replay")
     strict_replay: bool = knob(False, "with --replay, fail on a fork whose teacher samples were not recorded (default: skip that fork and report it)", flag="--strict-replay")

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-from omniopd.errors import BudgetExceededError, TeacherResponseError, TeacherUnavailableError
+from omniopd.errors import (BudgetExceededError, CacheMissError, ReplayError, TeacherResponseError,
+                            TeacherUnavailableError)
 from omniopd.rollouts import Rollouts
 from omniopd.scoring import k_F, pibar_F, pihat_F, trim_to_chars
 from omniopd.similarity import PhiFn
@@ -83,7 +84,7 @@ class Pipeline:
     def __init__(self, teacher: Teacher, tokenizer, scheduler: ForkScheduler, phi: PhiFn, *, samples: int = 10,
                  alpha: float = 1.0, trim_slack: float = 0.2, token_factor: float = 1.3,
                  teacher_temperature: float | None = None, max_usd: float | None = None,
-                 recorder: EpisodeRecorder | None = None):
+                 recorder: EpisodeRecorder | None = None, skip_missing: bool = False):
         self.teacher = teacher
         self.tokenizer = tokenizer
         self.scheduler = scheduler
@@ -95,6 +96,10 @@ class Pipeline:
         self.teacher_temperature = teacher_temperature
         self.max_usd = max_usd
         self.recorder = recorder
+        # replay: a fork whose samples were never recorded (CacheMissError) is dropped from the
+        # step (skip_missing) or stops the run (--strict-replay)
+        self.skip_missing = skip_missing
+        self.replay_missed_forks = 0
         self.spent_usd = 0.0
         self.teacher_samples_total = 0
         self.timings: dict[str, float] = {"scheduler": 0.0, "teacher": 0.0, "scorer": 0.0}
@@ -134,6 +139,7 @@ class Pipeline:
                 "the run stopped cleanly — raise the limit and rerun with --resume to continue"
             )
         results = self._loop.run_until_complete(self._sample_all(requests))
+        chunks, results, starts = self._drop_missed(chunks, results, starts)
         step_cost = 0.0
         for c, res in zip(chunks, results):
             if isinstance(res, BaseException):
@@ -166,9 +172,23 @@ class Pipeline:
         n_samples = sum(len(c.samples) for c in chunks)
         self.teacher_samples_total += n_samples
         metrics = _step_metrics(chunks, rollouts, amask, n_samples, step_cost, self.spent_usd, self.samples)
+        metrics["replay_missed_forks"] = float(self.replay_missed_forks)
         if self.recorder is not None:
             self.recorder.record_step(step, episode_dict(rollouts, starts, chunks))
         return AuditResult(adv, amask, chunks, starts, metrics)
+
+    def _drop_missed(self, chunks: list[ChunkAudit], results: list, starts: list[list[int]]):
+        """Replay: forks whose teacher samples were not recorded leave the step (counted, logged)."""
+        missed = [c for c, r in zip(chunks, results) if isinstance(r, CacheMissError)]
+        if not missed:
+            return chunks, results, starts
+        self.replay_missed_forks += len(missed)
+        log.warning("replay: %d forks had no recorded teacher samples and were skipped (%d so far)",
+                    len(missed), self.replay_missed_forks)
+        gone = {(c.row, c.start) for c in missed}
+        kept = [(c, r) for c, r in zip(chunks, results) if not isinstance(r, CacheMissError)]
+        starts = [[s for s in ss if (b, s) not in gone] for b, ss in enumerate(starts)]
+        return [c for c, _ in kept], [r for _, r in kept], starts
 
     async def _sample_all(self, requests: list[TeacherRequest]) -> list[list[TeacherSample] | BaseException]:
         async def one(req: TeacherRequest):
@@ -176,10 +196,15 @@ class Pipeline:
                 return await self.teacher.sample(req)
             except _PER_CHUNK_FAILURES as exc:
                 return exc
+            except CacheMissError as exc:
+                if self.skip_missing:
+                    return exc
+                raise ReplayError(f"--strict-replay: {exc}. Drop --strict-replay to skip such forks, or replay with "
+                                  "the scheduler and teacher settings of the recorded run") from exc
 
         results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
         for r in results:  # configuration-level failures (auth, quota, budget, bugs) stop the step
-            if isinstance(r, BaseException) and not isinstance(r, _PER_CHUNK_FAILURES):
+            if isinstance(r, BaseException) and not isinstance(r, (*_PER_CHUNK_FAILURES, CacheMissError)):
                 raise r
         return results
 
