@@ -7,6 +7,11 @@ The teacher is the real `openai` SDK talking to a local server that speaks `/v1/
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +23,8 @@ from omniopd.errors import ReplayError
 from omniopd.train import run_train
 from tests.openai_wire import CompletionsTeacher, FakeCompletionsServer
 from tests.tiny import tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_for(tmp_path, out: str, max_steps: int = 2, chunk_tokens: int = 6, **cache):
@@ -75,3 +82,52 @@ def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_to
                   model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, echo=False)
     with SampleStore(tmp_path / "teacher.sqlite", "read-only") as store:
         assert store.stats()["samples"] == 3 * bought
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_step_resumes_without_repeating_a_teacher_request(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "teacher.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def child(url: str, resume: bool, hang_at: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "cache_resume_child.py"), str(out), str(cache), url,
+                                 "1" if resume else "0", str(hang_at)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def stored() -> int:
+        if not cache.exists():
+            return 0
+        with SampleStore(cache, "read-only") as store:
+            return store.stats()["samples"]
+
+    with FakeCompletionsServer() as server:
+        first = child(server.url, resume=False, hang_at=1)
+        deadline = time.monotonic() + 300
+        # mid step 2: step 1 checkpointed, one step-2 request answered and stored, others held in flight
+        while not (server.hanging and (out / "checkpoint-1").is_dir() and stored() == 3 * len(server.answered)):
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "the run never reached the middle of step 2"
+            time.sleep(0.1)
+        first.kill()  # SIGKILL: no cleanup, no flush
+        first.wait()
+        before_kill = [body["prompt"] for body in server.answered]
+        assert len(before_kill) >= 2
+        with SampleStore(cache, "read-only") as store:
+            bought_before_kill = {e.uid.hex() for e in store.iter_entries()}
+        server.hang_after = None
+
+        second = child(server.url, resume=True, hang_at=0)
+        log, _ = second.communicate(timeout=300)
+        assert second.returncode == 0 and "STEPS 2" in log, log
+
+    prompts = [body["prompt"] for body in server.answered]
+    assert len(prompts) > len(before_kill)  # the resumed run did finish step 2 ...
+    assert len(prompts) == len(set(prompts))  # ... and no request was ever answered twice
+    with SampleStore(cache, "read-only") as store:
+        s = store.stats()
+        assert store.verify() == []
+    assert s["samples"] == 3 * len(prompts)
+    # the resumed step 2 re-sampled the same forks: the one bought before the kill came from the cache
+    assert s["from_cache"] >= 3
+    resumed_step2 = {cid for c in dict(load_episodes(out))[1]["chunks"] for cid in c["sample_ids"]}
+    assert resumed_step2 & bought_before_kill
