@@ -121,7 +121,7 @@ def decode_episode(blob: bytes) -> dict[str, Any]:
     except zlib.error as exc:
         raise ReplayError(f"a recorded episode is damaged ({exc}); run `omniopd cache verify` on the run's {EPISODES_FILE}") from exc
     if raw[:4] != _MAGIC:
-        raise ReplayError(f"a recorded episode has an unknown format (written by a newer omniopd?); upgrade omniopd")
+        raise ReplayError("a recorded episode has an unknown format (written by a newer omniopd?); upgrade omniopd")
     (n,) = struct.unpack("<I", raw[4:8])
     skeleton = json.loads(raw[8 : 8 + n].decode("utf-8"))
     return _walk_decode(skeleton, memoryview(raw)[8 + n :])

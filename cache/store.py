@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,18 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cache.schema import EXPECTED_TABLES, SCHEMA_VERSION, migrate, read_version
-from omniopd.errors import (
-    CacheCorruptError,
-    CacheError,
-    CacheFullError,
-    CacheReadOnlyError,
-    CacheSchemaError,
-)
+from cache.sqlite_file import OPEN, OPEN_LOCK, check_header, translate_error
+from omniopd.errors import CacheCorruptError, CacheError, CacheReadOnlyError, CacheSchemaError
 from providers.base import TeacherSample
 
 OpenMode = Literal["read-write", "read-only"]
 KEY_BYTES = 16
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _BATCH = 500  # bound parameters per statement
 _FLOAT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_s")
 _TRANSIENT_EXTRA = ("cache_id", "cached")  # set on the way out, never stored
@@ -56,69 +49,6 @@ class Entry:
     uid: bytes
     created: float
     sample: TeacherSample
-
-
-def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> CacheError:
-    """Map a sqlite3 error to the `CacheError` a user can act on."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    msg = str(exc)
-    if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or "malformed" in msg or "not a database" in msg:
-        return CacheCorruptError(
-            f"cache {path} is damaged ({msg}) while {doing}; it was not modified. Check it with "
-            f"`omniopd cache verify {path}`, then move it aside or pass another --cache to start fresh "
-            f"(`omniopd cache export` saves whatever is still readable)."
-        )
-    if name.startswith("SQLITE_READONLY") or name.startswith("SQLITE_CANTOPEN") or "readonly" in msg:
-        return CacheReadOnlyError(
-            f"cache {path} cannot be written ({msg}) while {doing}. Use --cache-mode read-only to only "
-            f"read it, or --cache PATH to put the cache somewhere writable."
-        )
-    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") or "disk is full" in msg:
-        return CacheFullError(
-            f"cache {path}: the write failed ({msg}) while {doing} — the disk is full or the file cannot "
-            f"grow. The transaction was rolled back and stored samples are intact; free space, pass "
-            f"--cache PATH on another disk, or `omniopd cache prune` old samples."
-        )
-    if name.startswith("SQLITE_BUSY") or "locked" in msg:
-        return CacheError(
-            f"cache {path} stayed locked by another process while {doing} ({msg}); retry, or give this "
-            f"run its own --cache."
-        )
-    return CacheError(f"cache {path}: {msg} while {doing}")
-
-
-# Paths this process holds SQLite connections to. POSIX releases *all* of a process's locks on
-# a file when *any* descriptor of it is closed, so reading the header of a file SQLite already
-# has open would silently drop SQLite's locks (and let another process delete the WAL under
-# it): the header is read only before the first connection of this process.
-_OPEN: dict[str, int] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-def check_header(path: Path) -> None:
-    """Reject files that are not SQLite or are shorter than their header says (truncated).
-
-    Never call it on a file this process has open through SQLite (see `_OPEN`).
-    """
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with path.open("rb") as fh:
-        head = fh.read(100)
-    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
-        raise CacheCorruptError(
-            f"cache {path} is not an SQLite database (wrong header); it was not modified. Pass another "
-            f"--cache, or move this file aside."
-        )
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(head[28:32], "big")
-    # The in-header page count is valid when the change counter matches version-valid-for.
-    if head[24:28] == head[92:96] and pages and size < pages * page_size:
-        raise CacheCorruptError(
-            f"cache {path} is truncated ({size} bytes, its header says {pages * page_size}); it was not "
-            f"modified. Restore it from a copy, `omniopd cache export` what is readable, or move it aside."
-        )
 
 
 class SampleStore:
@@ -162,11 +92,11 @@ class SampleStore:
                     f"to only read it, or --cache PATH somewhere writable."
                 )
         self._key = str(path.resolve())
-        with _OPEN_LOCK:
-            if path.exists() and not _OPEN.get(self._key):
+        with OPEN_LOCK:
+            if path.exists() and not OPEN.get(self._key):
                 check_header(path)
             conn = self._connect(path)
-            _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
+            OPEN[self._key] = OPEN.get(self._key, 0) + 1
         self._closed = False
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
@@ -204,15 +134,15 @@ class SampleStore:
         return conn
 
     def _release(self, conn: sqlite3.Connection) -> None:
-        with _OPEN_LOCK:
+        with OPEN_LOCK:
             if self._closed:
                 return
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            _OPEN[self._key] -= 1
-            if not _OPEN[self._key]:
-                del _OPEN[self._key]
+            OPEN[self._key] -= 1
+            if not OPEN[self._key]:
+                del OPEN[self._key]
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         uri = path.absolute().as_uri()
