@@ -295,8 +295,8 @@ class CachedTeacher:
     def _adopt(self, key: bytes, fresh: list[TeacherSample]) -> list[TeacherSample]:
         now = self.clock()
         entries = []
-        for s in fresh:
-            uid = self.uid_factory()
+        # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
+        for s, uid in zip(fresh, sorted(self.uid_factory() for _ in fresh)):
             s = dataclasses.replace(s, extra={**s.extra, "cache_id": uid.hex()})
             entries.append(Entry(key, uid, now, s))
         for e in entries:
