@@ -22,7 +22,13 @@ from providers.continuation import SplitPrefix, instruction_messages
 class AnthropicTeacher(ApiTeacher):
     provider = "anthropic"
     default_base_url = "https://api.anthropic.com"
-    api_version = "2023-06-01"
+
+    @property
+    def api_version(self) -> str:  # type: ignore[override]
+        """The `anthropic-version` header the installed SDK sends (it changes what the API accepts)."""
+        from anthropic._client import ANTHROPIC_API_VERSION
+
+        return ANTHROPIC_API_VERSION
 
     def _make_client(self) -> Any:
         import anthropic

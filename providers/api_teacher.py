@@ -68,7 +68,8 @@ class ApiTeacher:
         self._api_key = api_key
         self._clients: dict[int, tuple[Any, Any]] = {}
         self._totals = UsageTotals()
-        self._max_n = caps.max_n  # lowered if the server returns fewer choices than asked
+        self._max_n = caps.max_n  # lowered to 1 if the server answers n > 1 with one choice
+        self._n_ignored = False
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(spec={self.spec!r}, continuation={self.caps.continuation!r})"
@@ -99,14 +100,16 @@ class ApiTeacher:
         results += await asyncio.gather(*(self._guarded(request, split, k) for k in sizes))
         samples = [s for r in results if isinstance(r, list) for s in r]
         errors = [r for r in results if isinstance(r, BaseException)]
-        short = request.n - len(samples) if not errors and samples else 0
-        if short > 0 and per > 1:
-            # The server ignored `n` (llama-cpp-python returns one choice): ask one at a time.
-            log.warning("%s: asked for %d samples per request, got fewer; requesting one per call from now on", self.spec, per)
+        _raise_actionable(errors)
+        short = request.n - len(samples)
+        if short > 0 and self._n_ignored and per > 1:
+            # The server answers n > 1 with one choice (llama-cpp-python): ask one at a time.
+            log.warning("%s: the server ignores n (asked %d, got 1); requesting one sample per call from now on", self.spec, per)
             self._max_n = 1
             more = await asyncio.gather(*(self._guarded(request, split, 1) for _ in range(short)))
             samples += [s for r in more if isinstance(r, list) for s in r]
             errors += [r for r in more if isinstance(r, BaseException)]
+            _raise_actionable(errors)
         if errors and not samples:
             raise errors[0]
         if errors:
@@ -162,8 +165,6 @@ class ApiTeacher:
     async def _guarded(self, request: TeacherRequest, split: SplitPrefix, k: int) -> list[TeacherSample] | BaseException:
         try:
             return await self._one_call(request, split, k)
-        except (TeacherAuthError, TeacherQuotaError, TeacherCapabilityError):
-            raise
         except TeacherError as exc:
             return exc
 
@@ -183,6 +184,8 @@ class ApiTeacher:
 
             res = await call_with_retries(attempt, self.policy, what=self.spec, secrets=[self._api_key], on_retry=on_retry)
             latency = self.policy.clock() - t0
+        if k > 1 and len(res.texts) == 1:
+            self._n_ignored = True
         return self._to_samples(res, split, latency)
 
     def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float) -> list[TeacherSample]:
@@ -210,6 +213,13 @@ class ApiTeacher:
                 extra={"continuation": self.caps.continuation},
             ))
         return out
+
+
+def _raise_actionable(errors: list[BaseException]) -> None:
+    """Auth, quota and capability errors need the user: no partial result may hide them."""
+    for e in errors:
+        if isinstance(e, (TeacherAuthError, TeacherQuotaError, TeacherCapabilityError)):
+            raise e
 
 
 def template_hash(template: str | None) -> str | None:

@@ -22,6 +22,9 @@ The teacher clients never branch on model names; they read a `ModelCaps` row:
 - prices in USD per million tokens (input, output, cache read, cache write) and the date they
   were copied from the provider's price page. A price of None means unknown: cost is reported
   as 0 and `priced` is False (self-hosted servers cost nothing per token).
+- `default_rpm`: the client-side requests/min limit when `--teacher-rpm` is unset: roughly the
+  providers' second usage tier. Lower tiers get 429s with `retry-after`, which are honoured;
+  set `--teacher-rpm` to your account's limit to avoid them.
 
 Patterns are `fnmatch` globs over the model name within a provider; dated snapshots
 (`claude-haiku-4-5-20251001`) match their family's row. Unknown models get the provider's
@@ -83,7 +86,7 @@ def _a(pattern: str, continuation: Continuation, pin: float, pout: float, min_ca
     # Anthropic: cache reads 0.1x input, 5-minute cache writes 1.25x input.
     return ModelCaps("anthropic", pattern, continuation, max_n=1, accepts_temperature=False, min_cache_tokens=min_cache,
                      usd_per_mtok_in=pin, usd_per_mtok_out=pout, usd_per_mtok_cache_read=round(pin * 0.1, 6),
-                     usd_per_mtok_cache_write=round(pin * 1.25, 6), prices_date=PRICES_DATE, default_rpm=50.0)
+                     usd_per_mtok_cache_write=round(pin * 1.25, 6), prices_date=PRICES_DATE, default_rpm=1000.0)
 
 
 def _o(pattern: str, pin: float, pout: float, cached: float, temperature: bool) -> ModelCaps:
@@ -110,7 +113,7 @@ TABLE: tuple[ModelCaps, ...] = (
     _a("claude-opus-4-6*", "instruct", 5.0, 25.0, 4096),
     _a("claude-opus-4-7*", "instruct", 5.0, 25.0, 4096),
     _a("claude-haiku-4-6*", "instruct", 1.0, 5.0, 4096),
-    ModelCaps("anthropic", "*", "instruct", max_n=1, min_cache_tokens=4096, default_rpm=50.0),
+    ModelCaps("anthropic", "*", "instruct", max_n=1, min_cache_tokens=4096, default_rpm=1000.0),
     # OpenAI chat completions: no assistant continuation, so the instruction wrapper; `n` bills
     # the prompt once. Reasoning models (gpt-5*, o*) accept only the default temperature.
     _o("gpt-4o-mini*", 0.15, 0.60, 0.075, True),
