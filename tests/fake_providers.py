@@ -285,6 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
             payload: Any = {"type": "error", "error": {"type": a_type, "message": msg}}
         elif route == "gemini":
             payload = {"error": {"code": status, "message": msg, "status": g_status}}
+            if kind == "rate_limit" and fault.retry_after is not None:
+                # Gemini tells the wait in the body (google.rpc.RetryInfo), not in a header
+                headers.pop("retry-after", None)
+                payload["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                "retryDelay": f"{fault.retry_after:g}s"}]
             if kind == "quota":
                 payload["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
                                                 "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]

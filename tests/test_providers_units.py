@@ -166,3 +166,17 @@ def test_limits_work_across_event_loops():
             return 1
 
     assert asyncio.run(one()) == 1 and asyncio.run(one()) == 1
+
+
+def test_tokens_per_minute_limit_paces_by_estimated_tokens():
+    clock = Clock()
+    lim = Limits(concurrency=8, rpm=None, tpm=600, clock=clock, sleep=clock.sleep)  # 10 tokens/s, burst 10
+
+    async def go():
+        times = []
+        for _ in range(4):
+            async with lim.admit(est_tokens=10):
+                times.append(clock.t)
+        return times
+
+    assert asyncio.run(go()) == pytest.approx([0.0, 1.0, 2.0, 3.0])
