@@ -126,7 +126,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
                           cfg.scheduler.batch_budget, cfg.scheduler.selection)
     pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
                         trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
-                        teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder)
+                        teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
+                        progress=echo)
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
@@ -144,6 +145,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         pipeline=pipeline,
         kl_beta=cfg.learner.beta,
         max_new_tokens=cfg.student.max_new_tokens,
+        progress=echo,
     )
     stopped = None
     try:
