@@ -52,7 +52,7 @@ class OmniOPDTrainer(GRPOTrainer):
     """See the module docstring. `pipeline` audits rollouts; `beta` weighs the KL anchor."""
 
     def __init__(self, *args, pipeline: Pipeline, kl_beta: float = 0.1, max_new_tokens: int = 256,
-                 ref_model: torch.nn.Module | None = None, progress: bool = False, **kwargs):
+                 ref_model: torch.nn.Module | None = None, progress: bool = False, replay=None, **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
         if ref_model is None and kwargs.get("peft_config") is None and kl_beta > 0:
@@ -63,6 +63,7 @@ class OmniOPDTrainer(GRPOTrainer):
         if self.beta != 0.0:
             raise ValueError("OmniOPDTrainer needs GRPOConfig(beta=0.0): the exact KL anchor replaces TRL's k3 term")
         self.pipeline = pipeline
+        self.replay = replay  # omniopd.run_cache.ReplayRollouts: recorded rollouts instead of sampling
         self.kl_beta = kl_beta
         self.max_new_tokens = max_new_tokens
         self.progress = progress
@@ -78,10 +79,13 @@ class OmniOPDTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                         progress=self.progress)
+        if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+            rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+        else:
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                             progress=self.progress)
         t1 = time.perf_counter()
         audit = self.pipeline.audit(rollouts, step=self.state.global_step)
         t2 = time.perf_counter()

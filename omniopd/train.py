@@ -7,6 +7,7 @@ path on tiny models built in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -118,8 +119,19 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         model, tokenizer = load_causal_lm(cfg.student.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if teacher is None:
-        teacher = build_teacher(cfg.teacher)
+    # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
+    from omniopd.run_cache import ReplayRollouts, open_run_cache
+
+    given_teacher = teacher
+    run_cache = open_run_cache(cfg, out, lambda: given_teacher if given_teacher is not None else build_teacher(cfg.teacher),
+                               recorder)
+    teacher, recorder, replay_rollouts = run_cache.teacher, run_cache.recorder, None
+    if run_cache.replay is not None:
+        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations)
+        if cfg.learner.max_steps > len(replay_rollouts):
+            log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
+            cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
+    # ---
     if phi is None:
         phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
     sched = ForkScheduler(cfg.scheduler.chunk_tokens, cfg.scheduler.chunks_per_completion,
@@ -127,7 +139,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
                         trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
                         teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
-                        progress=echo)
+                        progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
@@ -146,6 +158,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         kl_beta=cfg.learner.beta,
         max_new_tokens=cfg.student.max_new_tokens,
         progress=echo,
+        replay=replay_rollouts,
     )
     stopped = None
     try:
@@ -156,6 +169,9 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         log.warning("%s", exc)
     finally:
         pipeline.close()
+        run_cache.close()
+        if run_cache.summary():
+            log.info("%s", run_cache.summary())
     final_dir = None
     if stopped is None:
         final_dir = out / "final"
