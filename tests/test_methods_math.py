@@ -94,6 +94,9 @@ def test_verifier_direction_is_group_relative():
     assert verifier_direction_B(r, 4).tolist() == [1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0]
     with pytest.raises(ValueError):
         verifier_direction_B(torch.ones(5), 4)
+    # row 0 is a teacher row (excluded); NaN = no verdict: both get 0 and leave the group mean
+    r = torch.tensor([1.0, 1.0, 0.0, float("nan")])
+    assert verifier_direction_B(r, 4, torch.tensor([False, True, True, True])).tolist() == [0, 1, -1, 0]
 
 
 def test_sign_gate_agree_disagree_and_no_gate():

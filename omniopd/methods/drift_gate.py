@@ -25,6 +25,7 @@ variant a newline token closes (belongs to) the segment it ends.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -134,3 +135,29 @@ def drift_gates_B_T(
             raise ValueError("drift gate 'newline' needs is_newline_B_T (see newline_token_ids)")
         return newline_gates_B_T(logp_cur_B_T, logp_behav_B_T, mask_B_T, is_newline_B_T, tau=tau)
     raise ValueError(f"unknown drift gate {mode!r}; use off, block or newline")
+
+
+@dataclass(frozen=True)
+class DriftGate:
+    """The learner's view of `--drift-gate`: mode, block size, tau, and the newline token ids."""
+
+    mode: str = "off"
+    block: int = 64
+    tau: float = 1.0
+    newline_ids: frozenset[int] = frozenset()
+
+    @classmethod
+    def build(cls, mode: str, tokenizer=None, *, block: int = 64, tau: float = 1.0) -> "DriftGate":
+        ids = newline_token_ids(tokenizer) if mode == "newline" else frozenset()
+        if mode == "newline" and not ids:
+            raise ValueError("drift gate 'newline': the tokenizer has no token containing a newline")
+        return cls(mode, block, tau, ids)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def gates_B_T(self, logp_cur_B_T, logp_behav_B_T, mask_B_T, completion_ids_B_T) -> torch.Tensor | None:
+        nl = is_newline_B_T(completion_ids_B_T, self.newline_ids) if self.mode == "newline" else None
+        return drift_gates_B_T(self.mode, logp_cur_B_T, logp_behav_B_T, mask_B_T, block=self.block, tau=self.tau,
+                               is_newline_B_T=nl)

@@ -32,16 +32,22 @@ import torch
 from omniopd.methods.opd import teacher_signal_B_T
 
 
-def verifier_direction_B(rewards_B: torch.Tensor, group_size: int) -> torch.Tensor:
+def verifier_direction_B(rewards_B: torch.Tensor, group_size: int, include_B: torch.Tensor | None = None) -> torch.Tensor:
     """Group-relative verifier direction per completion: sign(r - group mean), in {-1, 0, 1}.
 
     `rewards_B` is ordered prompt-major (G consecutive completions per prompt, TRL's layout).
+    Rows with `include_B` False (teacher-written rows, rows the verifier could not judge) get
+    direction 0 and do not count in their group's mean.
     """
     r = rewards_B.detach().float()
     if r.numel() % group_size:
         raise ValueError(f"{r.numel()} rewards do not split into groups of {group_size}")
-    grouped = r.view(-1, group_size)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    inc = torch.ones_like(r) if include_B is None else include_B.float()
+    inc = inc * (~torch.isnan(r)).float()
+    r = torch.nan_to_num(r, nan=0.0)
+    grouped, ginc = r.view(-1, group_size), inc.view(-1, group_size)
+    mean = (grouped * ginc).sum(1, keepdim=True) / ginc.sum(1, keepdim=True).clamp(min=1.0)
+    centred = (grouped - mean) * ginc
     return torch.sign(torch.where(centred.abs() < 1e-6, torch.zeros_like(centred), centred)).view(-1)
 
 
