@@ -199,7 +199,7 @@ class MethodSignals:
         adv, fkl_mask = tropd.tropd_advantages_B_T(t.logp_B_T, rollouts.logprobs_B_T, on_policy, trusted,
                                                    self.cfg.tropd_outliers, self.cfg.tropd_clip)
         adv = adv + beta * prefix_B_T
-        extra = {"tropd_fkl_mask": fkl_mask}
+        extra = {"tropd_fkl_mask": fkl_mask, "tropd_prefix_mask": prefix_B_T}
         if top_k:
             extra["teacher_topk_logps"] = t.topk_logp_B_T_K
             extra["teacher_topk_ids"] = t.topk_ids_B_T_K
