@@ -113,6 +113,16 @@ def _from_pretrained(cls, src: ModelSource, **kw):
         ) from exc
 
 
+def _plain(model):
+    """Forget that weights came from GGUF: they are de-quantized on load, so the model is an
+    ordinary float model — but transformers keeps a GGUF quantizer on it that refuses
+    `save_pretrained`, which checkpoints and the final model need."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
 def load_causal_lm(spec: str, dtype=None):
     """(model, tokenizer) for a spec; GGUF conversions are cached (see module docstring)."""
     import torch
@@ -123,7 +133,7 @@ def load_causal_lm(spec: str, dtype=None):
     if src.is_gguf:
         conv = _conversion_dir(src)
         if not (conv / "config.json").is_file():
-            model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype)
+            model = _plain(AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype))
             tok = load_tokenizer(spec)
             conv.parent.mkdir(parents=True, exist_ok=True)
             # write to a temp dir and rename: a crash never leaves a half-written conversion
