@@ -54,11 +54,12 @@ def position_ids_B_L(attention_mask_B_L: torch.Tensor) -> torch.Tensor:
 class LocalWhiteBox:
     """Log-probabilities from an in-process causal LM that shares the student's tokenizer."""
 
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 16):
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 16, on_scored=None):
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.max_rows = max_rows
+        self.on_scored = on_scored  # called with the number of completion tokens scored (usage accounting)
 
     @torch.no_grad()
     def token_logprobs(self, prompt_ids_B_Tp, prompt_mask_B_Tp, completion_ids_B_T, completion_mask_B_T, top_k: int = 0) -> TokenLogprobs:
@@ -81,6 +82,8 @@ class LocalWhiteBox:
                 v, i = logp_V.topk(min(top_k, logp_V.size(-1)), dim=-1)
                 tk_lp.append(v.masked_fill(~valid.unsqueeze(-1), 0.0))
                 tk_id.append(i.masked_fill(~valid.unsqueeze(-1), 0))
+        if self.on_scored is not None:
+            self.on_scored(int(completion_mask_B_T.sum()))
         out_device = completion_ids_B_T.device
         return TokenLogprobs(
             torch.cat(logps).to(out_device),
@@ -123,4 +126,4 @@ def whitebox_for(teacher, student_tokenizer, method: str, *, temperature: float 
             f"has a different tokenizer from the student ({len(tok)} vs {len(student_tokenizer)} tokens, "
             "or the same size with different ids)",
         )
-    return LocalWhiteBox(model, tok, temperature=temperature)
+    return LocalWhiteBox(model, tok, temperature=temperature, on_scored=getattr(teacher, "record_scored_tokens", None))

@@ -51,6 +51,10 @@ def test_local_whitebox_matches_an_unpadded_forward_and_returns_top_k():
 class _Teacher:
     def __init__(self, model, tok, spec):
         self.model, self.tokenizer, self.spec = model, tok, spec
+        self.scored = 0
+
+    def record_scored_tokens(self, n):
+        self.scored += n
 
 
 class _ApiTeacher:
@@ -67,8 +71,12 @@ def test_access_errors_name_the_methods_that_work():
     other = tiny_tokenizer(vocab_size=300)
     with pytest.raises(TeacherAccessError, match=r"--method opd .*different tokenizer.*--method omniopd"):
         whitebox_for(_Teacher(tiny_llama(other), other, "local:other"), tok, "opd")
-    wb = whitebox_for(_Teacher(tiny_llama(tok), tiny_tokenizer(), "local:same"), tok, "sg-opd")
+    same = _Teacher(tiny_llama(tok), tiny_tokenizer(), "local:same")
+    wb = whitebox_for(same, tok, "sg-opd")
     assert isinstance(wb, LocalWhiteBox)
+    _, _, P, PM, C, CM = _batch(tok)
+    wb.token_logprobs(P, PM, C, CM)
+    assert same.scored == int(CM.sum())  # white-box use is counted on the teacher's usage
 
 
 class _VLLMHandler(BaseHTTPRequestHandler):
