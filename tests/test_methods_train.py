@@ -173,3 +173,30 @@ def test_white_box_method_with_an_api_teacher_fails_before_training(tmp_path):
         build_method(cfg, tiny_tokenizer(), ApiTeacher(), None, [{"answer": "1"}])
     with pytest.raises(Exception, match="--answer-field"):
         build_method(build_config(None, {"method.name": "sg-opd"}), tiny_tokenizer(), ApiTeacher(), None, [{"answer": None}])
+
+
+def test_omniopd_with_verifier_gate_scales_chunk_weights(tmp_path, monkeypatch):
+    from omniopd.pipeline import Pipeline
+
+    unscaled = []
+    audit = Pipeline.audit
+
+    def spy(self, rollouts, step):
+        out = audit(self, rollouts, step)
+        unscaled.append(out.advantages_B_T.clone())
+        return out
+
+    monkeypatch.setattr(Pipeline, "audit", spy)
+    result, batches, snaps, tok, rows, _ = _run(tmp_path, monkeypatch, "omniopd", **{"method.verifier_gate": True,
+                                                                                        "learner.beta": 0.0})
+    assert result.steps == 2 and len(unscaled) == 2
+    _assert_each_step_descends(tok, batches, snaps)
+    for b, pihat, row in zip(batches, unscaled, rows):
+        texts = tok.batch_decode([ids[m.bool()] for ids, m in zip(b["completion_ids"], b["completion_mask"])],
+                                 skip_special_tokens=True)
+        correct = torch.tensor([zlib.crc32(t.encode()) % 2 == 0 for t in texts])
+        assert 0 < int(correct.sum()) < len(texts)  # both kinds of rows are present
+        scale = torch.where(correct, 1.8, 0.5).unsqueeze(1)
+        assert torch.allclose(b["advantages"], pihat * scale)
+        assert row["verifier_judged"] == len(texts)
+        assert row["verifier_correct_share"] == pytest.approx(float(correct.float().mean()))
