@@ -184,3 +184,18 @@ def test_verifier_gate_scales_pihat_by_outcome():
     assert out.tolist() == pytest.approx([0.36, 0.2, 0.5, 0.18])
     adv = gated_advantages_B_T(torch.tensor([[0.5, 0.0], [0.5, 0.5]]), torch.tensor([0.0, 1.0]))
     assert close(adv, [[0.25, 0.0], [0.9, 0.9]])
+
+
+def test_drift_gate_newline_ids_come_from_the_tokenizer():
+    from omniopd.methods.drift_gate import DriftGate
+    from tests.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    gate = DriftGate.build("newline", tok, tau=1.0)
+    nl = tok.encode("\n", add_special_tokens=False)
+    assert set(nl) <= gate.newline_ids and all("\n" in tok.decode([i]) for i in gate.newline_ids)
+    ids = torch.tensor([tok.encode("Tom has 3 apples.\nSo he", add_special_tokens=False)])
+    cur = torch.linspace(-1, 1, ids.size(1)).unsqueeze(0)
+    g = gate.gates_B_T(cur, torch.zeros_like(cur), torch.ones_like(cur), ids)
+    assert g.mean().item() == pytest.approx(1.0, abs=1e-6) and len(set(g[0].tolist())) == 2  # two lines, two gates
+    assert not DriftGate.build("off").enabled
