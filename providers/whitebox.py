@@ -54,7 +54,7 @@ def position_ids_B_L(attention_mask_B_L: torch.Tensor) -> torch.Tensor:
 class LocalWhiteBox:
     """Log-probabilities from an in-process causal LM that shares the student's tokenizer."""
 
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 16, on_scored=None):
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 4, on_scored=None):
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
