@@ -95,10 +95,14 @@ class MethodSignals:
         if self.method == "omniopd":
             return self._omniopd(rollouts, golds, step)
         if self.method == "opd":
-            return self._opd(rollouts)
-        if self.method == "sg-opd":
-            return self._sg_opd(rollouts, golds, step, student)
-        return self._tropd(rollouts, step, student)
+            out = self._opd(rollouts)
+        elif self.method == "sg-opd":
+            out = self._sg_opd(rollouts, golds, step, student)
+        else:
+            out = self._tropd(rollouts, step, student)
+        # white-box cost: completion tokens the teacher scored (its "output" in budget terms)
+        out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
+        return out
 
     def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
         audit = self.pipeline.audit(rollouts, step=step)
