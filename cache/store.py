@@ -4,7 +4,8 @@ Contract:
 - A pool is every sample stored under one 16-byte key (see `cache.teacher.request_key`);
   `get_many(keys)` returns each pool oldest first, so "the first n" of a pool is stable.
 - Every sample has a random 16-byte `uid` that never changes (export/import and copies into
-  run files keep it); `TeacherSample.extra['cache_id']` is its hex form.
+  run files keep it); `TeacherSample.extra['cache_id']` is its hex form, and samples read back
+  carry `extra['cached'] = True`.
 - Writes are single transactions (`BEGIN IMMEDIATE`, so concurrent writers in other
   processes queue on SQLite's lock instead of failing); a crash loses at most the transaction
   in flight, and the file is never left half-written.
@@ -225,20 +226,21 @@ class SampleStore:
         teacher, model = self._origins.get(origin) or self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
         extra_d["cache_id"] = uid.hex()
+        extra_d["cached"] = True  # stored = already paid for (never stored itself, see _TRANSIENT_EXTRA)
         return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d)
 
     def _row_to_entry(self, row: tuple) -> Entry:
         return Entry(row[0], row[1], row[2], self._sample(row[1], row[3:]))
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
-        """Each key's pool, oldest first (keys with no samples are absent)."""
-        out: dict[bytes, list[TeacherSample]] = {}
+    def pools(self, keys: Sequence[bytes]) -> dict[bytes, list[Entry]]:
+        """Each key's pool as entries, oldest first (keys with no samples are absent). One query per 500 keys."""
+        out: dict[bytes, list[Entry]] = {}
         unique = list(dict.fromkeys(keys))
         sample = self._sample
         for i in range(0, len(unique), _BATCH):
             part = unique[i : i + _BATCH]
             rows = self._read(
-                f"SELECT key, uid, {_SAMPLE_COLUMNS} FROM samples WHERE key IN ({','.join('?' * len(part))}) {_POOL_ORDER}",
+                f"SELECT {_COLUMNS} FROM samples WHERE key IN ({','.join('?' * len(part))}) {_POOL_ORDER}",
                 part,
                 "looking samples up",
             )
@@ -246,8 +248,12 @@ class SampleStore:
                 pool = out.get(row[0])
                 if pool is None:
                     pool = out[row[0]] = []
-                pool.append(sample(row[1], row[2:]))
+                pool.append(Entry(row[0], row[1], row[2], sample(row[1], row[3:])))
         return out
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
+        """Each key's pool of samples, oldest first (keys with no samples are absent)."""
+        return {k: [e.sample for e in pool] for k, pool in self.pools(keys).items()}
 
     def by_uid(self, uids: Sequence[bytes]) -> dict[bytes, Entry]:
         """Stored entries by uid (missing uids are absent)."""
