@@ -72,6 +72,9 @@ class TeacherConfig:
     timeout_s: float = knob(60.0, "per-request timeout, seconds", flag="--teacher-timeout")
     deadline_s: float = knob(300.0, "give up retrying one request after this many seconds", flag="--teacher-deadline")
     max_attempts: int = knob(8, "attempts per request before giving up", flag="--teacher-max-attempts")
+    continuation: str = knob("auto", "how the prefix is continued; auto = the capability table's choice (raw needs --teacher-template)", flag="--teacher-continuation", choices=("auto", "raw", "continue_final", "prefill", "instruct"))
+    template: str | None = knob(None, "openai-compatible: tokenizer (dir, .gguf, 'smollm2') whose chat template the server's model uses; enables raw /v1/completions continuation", flag="--teacher-template")
+    max_n: int | None = knob(None, "samples per request at most; unset = the capability table's value", flag="--teacher-max-n")
 
     def __post_init__(self) -> None:
         _check(bool(self.spec), "teacher.spec", "must not be empty")
@@ -85,6 +88,8 @@ class TeacherConfig:
         _check(self.timeout_s > 0, "teacher.timeout_s", f"must be > 0; got {self.timeout_s}")
         _check(self.deadline_s > 0, "teacher.deadline_s", f"must be > 0; got {self.deadline_s}")
         _check(self.max_attempts >= 1, "teacher.max_attempts", f"must be >= 1; got {self.max_attempts}")
+        _check_choice(self.continuation, "teacher.continuation", ("auto", "raw", "continue_final", "prefill", "instruct"))
+        _check(self.max_n is None or self.max_n >= 1, "teacher.max_n", f"must be >= 1; got {self.max_n}")
 
 
 @dataclass

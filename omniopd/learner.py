@@ -54,8 +54,8 @@ class OmniOPDTrainer(GRPOTrainer):
     """See the module docstring. `pipeline` audits rollouts; `beta` weighs the KL anchor."""
 
     def __init__(self, *args, pipeline: Pipeline | None = None, kl_beta: float = 0.1, max_new_tokens: int = 256,
-                 ref_model: torch.nn.Module | None = None, method: MethodSignals | None = None,
-                 drift_gate: DriftGate | None = None, **kwargs):
+                 ref_model: torch.nn.Module | None = None, progress: bool = False,
+                 method: MethodSignals | None = None, drift_gate: DriftGate | None = None, **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
         if ref_model is None and kwargs.get("peft_config") is None and kl_beta > 0:
@@ -78,6 +78,7 @@ class OmniOPDTrainer(GRPOTrainer):
             # is not None; the drift gate rides on that hook (see `get_off_policy_mask` below).
             self.off_policy_mask_threshold = 0.0
         self.max_new_tokens = max_new_tokens
+        self.progress = progress
         self._keep_logits = False
         self._kept_logp: torch.Tensor | None = None
         self._uses_peft = hasattr(self.model, "disable_adapter")
@@ -92,7 +93,8 @@ class OmniOPDTrainer(GRPOTrainer):
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                         progress=self.progress)
             t1 = time.perf_counter()
             audit = self._score_rollouts(rollouts, inputs, unwrapped)
         rollouts = audit.rollouts

@@ -128,7 +128,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
                               cfg.scheduler.batch_budget, cfg.scheduler.selection)
         pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
                             trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
-                            teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder)
+                            teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
+                            progress=echo)
     method, drift_gate = build_method(cfg, tokenizer, teacher, pipeline, rows, verifier)
     peft_config = None
     if cfg.student.lora_r > 0:
@@ -149,6 +150,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         max_new_tokens=cfg.student.max_new_tokens,
         method=method,
         drift_gate=drift_gate,
+        progress=echo,
     )
     stopped = None
     try:
@@ -209,8 +211,11 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
     if kind == "openai-compatible" and cfg.teacher.base_url:
         from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
+        from providers.retry import RetryPolicy
+
+        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
         scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
-                                            max_attempts=cfg.teacher.max_attempts, spec=cfg.teacher.spec)
+                                            policy=policy, spec=cfg.teacher.spec)
         return whitebox_for(scorer, tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
 
