@@ -194,6 +194,11 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
     if needs_answers and not any(r.get("answer") for r in rows):
         flag = "--method sg-opd" if M.name == "sg-opd" else "--verifier-gate"
         raise ConfigError(f"{flag} needs reference answers for its verifier: set --answer-field (GSM8K: answer)")
+    if needs_answers and verifier is None:
+        from omniopd.methods.verifier import VERIFIERS
+
+        verifier = VERIFIERS[M.verifier]
+        verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
     whitebox = None
     if M.name != "omniopd":
         whitebox = _whitebox(cfg, teacher, tokenizer)
