@@ -218,6 +218,21 @@ class OutputConfig:
 
 
 @dataclass
+class CacheConfig:
+    path: str | None = knob(None, "teacher-sample cache file (SQLite); unset = the user-level teacher.sqlite in $OMNIOPD_CACHE_DIR, else $OMNIOPD_HOME, else $XDG_CACHE_HOME/omniopd, else ~/.cache/omniopd", flag="--cache")
+    mode: str = knob("read-write", "read-write: serve stored samples and store new ones; read-only: serve, never write; off: no cache", flag="--cache-mode", choices=("read-write", "read-only", "off"))
+    replay: str | None = knob(None, "retrain offline from a recorded run (its directory or episodes.sqlite): no teacher is constructed, no network", flag="--replay")
+    strict_replay: bool = knob(False, "with --replay, fail on a fork whose teacher samples were not recorded (default: skip that fork and report it)", flag="--strict-replay")
+    no_episodes: bool = knob(False, "do not record episodes (rollouts, forks, sample ids, weights) in the run directory", flag="--no-episodes")
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, "cache.mode", ("read-write", "read-only", "off"))
+        _check(self.path is None or bool(self.path.strip()), "cache.path", "must not be empty (leave it unset for the user-level cache)")
+        _check(self.replay is None or bool(self.replay.strip()), "cache.replay", "must not be empty")
+        _check(not self.strict_replay or self.replay is not None, "cache.strict_replay", "only applies with --replay RUN_DIR")
+
+
+@dataclass
 class TrainConfig:
     """Everything `omniopd train` needs; the YAML file has one mapping per section."""
 
@@ -229,6 +244,7 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

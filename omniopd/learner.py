@@ -54,7 +54,7 @@ class OmniOPDTrainer(GRPOTrainer):
     """See the module docstring. `pipeline` audits rollouts; `beta` weighs the KL anchor."""
 
     def __init__(self, *args, pipeline: Pipeline | None = None, kl_beta: float = 0.1, max_new_tokens: int = 256,
-                 ref_model: torch.nn.Module | None = None, progress: bool = False,
+                 ref_model: torch.nn.Module | None = None, progress: bool = False, replay=None,
                  method: MethodSignals | None = None, drift_gate: DriftGate | None = None, **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
@@ -68,6 +68,7 @@ class OmniOPDTrainer(GRPOTrainer):
         if pipeline is None and method is None:
             raise ValueError("OmniOPDTrainer needs a pipeline (OmniOPD) or method signals (docs/methods.md)")
         self.pipeline = pipeline
+        self.replay = replay  # omniopd.run_cache.ReplayRollouts: recorded rollouts instead of sampling
         self.method = method
         self.kl_beta = kl_beta
         self.drift_gate = drift_gate if drift_gate is not None and drift_gate.enabled else None
@@ -92,9 +93,12 @@ class OmniOPDTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                         progress=self.progress)
+            if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+                rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+            else:
+                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                             progress=self.progress)
             t1 = time.perf_counter()
             audit = self._score_rollouts(rollouts, inputs, unwrapped)
         rollouts = audit.rollouts

@@ -7,6 +7,7 @@ path on tiny models built in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -118,8 +119,22 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         model, tokenizer = load_causal_lm(cfg.student.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if teacher is None:
-        teacher = build_teacher(cfg.teacher)
+    # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
+    from omniopd.run_cache import ReplayRollouts, open_run_cache
+
+    given_teacher = teacher
+    run_cache = open_run_cache(cfg, out, lambda: given_teacher if given_teacher is not None else build_teacher(cfg.teacher),
+                               recorder)
+    teacher, recorder, replay_rollouts = run_cache.teacher, run_cache.recorder, None
+    if run_cache.replay is not None:
+        if cfg.method.name != "omniopd":
+            raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
+                              "it needs the live teacher's log-probabilities; replay with --method omniopd")
+        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations)
+        if cfg.learner.max_steps > len(replay_rollouts):
+            log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
+            cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
+    # ---
     pipeline = None
     if cfg.method.name == "omniopd":
         if phi is None:
@@ -129,8 +144,9 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
                             trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
                             teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
-                            progress=echo)
-    method, drift_gate = build_method(cfg, tokenizer, teacher, pipeline, rows, verifier)
+                            progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
+    # white-box methods read the teacher model itself, not the cache in front of it
+    method, drift_gate = build_method(cfg, tokenizer, getattr(teacher, "inner", None) or teacher, pipeline, rows, verifier)
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
@@ -148,9 +164,10 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         pipeline=pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
+        progress=echo,
+        replay=replay_rollouts,
         method=method,
         drift_gate=drift_gate,
-        progress=echo,
     )
     stopped = None
     try:
@@ -164,6 +181,9 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
             pipeline.close()
         if method is not None:
             method.close()
+        run_cache.close()
+        if run_cache.summary():
+            log.info("%s", run_cache.summary())
     final_dir = None
     if stopped is None:
         final_dir = out / "final"
@@ -214,9 +234,8 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
 
     kind, _, model = cfg.teacher.spec.partition(":")
     if kind == "openai-compatible" and cfg.teacher.base_url:
-        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
-
         from providers.retry import RetryPolicy
+        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
         policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
         scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
