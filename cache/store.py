@@ -3,6 +3,10 @@
 Contract:
 - A pool is every sample stored under one 16-byte key (see `cache.teacher.request_key`);
   `get_many(keys)` returns each pool oldest first, so "the first n" of a pool is stable.
+- `pools(keys)`/`get_many(keys)` read one packed row per key (`cache.packs`) and return lazy
+  `Pool`s: a sample's objects are built only when it is indexed, because building an `Entry` +
+  `TeacherSample` per stored row was the whole cost of a lookup, and `CachedTeacher` needs only
+  the first n of a pool.
 - Every sample has a random 16-byte `uid` that never changes (export/import and copies into
   run files keep it); `TeacherSample.extra['cache_id']` is its hex form, and samples read back
   carry `extra['cached'] = True`.
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cache import packs
 from cache.schema import EXPECTED_TABLES, SCHEMA_VERSION, migrate, read_version
 from cache.sqlite_file import OPEN, OPEN_LOCK, check_header, translate_error
 from omniopd.errors import CacheCorruptError, CacheError, CacheReadOnlyError, CacheSchemaError
@@ -52,6 +57,88 @@ class Entry:
     uid: bytes
     created: float
     sample: TeacherSample
+
+
+class Pool(Sequence[Entry]):
+    """One key's stored samples, oldest first, read from its pack; an `Entry` is built on first access.
+
+    `len()` needs no decoding; indexing decodes the pack (one `json.loads`) and builds only the
+    entries asked for, each once (indexing twice returns the same object). Compares equal to any
+    sequence with equal entries. Decode it while its store is open, or at least after the store
+    has seen every origin (teacher, model) in it (a store learns the origins it writes and those
+    stored when it opened).
+    """
+
+    __slots__ = ("key", "_store", "_n", "_data", "_rows", "_entries")
+
+    def __init__(self, store: "SampleStore", key: bytes, n: int, data: bytes) -> None:
+        self.key, self._store, self._n, self._data = key, store, n, data
+        self._rows: list[list] | None = None
+        self._entries: list[Entry | None] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._entry(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("pool index out of range")
+        return self._entry(i)
+
+    def _entry(self, i: int) -> Entry:
+        if self._entries is None:
+            self._rows = packs.decode(self._data)
+            self._entries = [None] * self._n
+        entry = self._entries[i]
+        if entry is None:
+            uid, created, *row = self._rows[i]  # type: ignore[index]
+            entry = self._entries[i] = Entry(self.key, bytes.fromhex(uid), created, self._store._sample(uid, row))
+        return entry
+
+    def samples(self) -> "SamplePool":
+        return SamplePool(self)
+
+    def __eq__(self, other: object) -> bool:
+        return _seq_eq(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Pool(key={self.key.hex()}, n={self._n})"
+
+
+class SamplePool(Sequence[TeacherSample]):
+    """A `Pool` seen as its `TeacherSample`s (what `get_many` returns); as lazy as the pool."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [e.sample for e in self.pool[i]]
+        return self.pool[i].sample
+
+    def __eq__(self, other: object) -> bool:
+        return _seq_eq(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SamplePool({list(self)!r})"
+
+
+def _seq_eq(a: Sequence, b: object) -> bool:
+    if not isinstance(b, Sequence) or isinstance(b, (str, bytes)):
+        return NotImplemented  # type: ignore[return-value]
+    return len(a) == len(b) and list(a) == list(b)
 
 
 class SampleStore:
@@ -207,7 +294,10 @@ class SampleStore:
 
     def _origin(self, oid: int) -> tuple[str, str]:
         if oid not in self._origins:
-            self._load_origins(self.conn)
+            try:
+                self._load_origins(self.conn)
+            except sqlite3.ProgrammingError as exc:  # closed
+                raise CacheError(f"cache {self.path} was closed before its samples were read; read a pool while its store is open") from exc
         return self._origins.get(oid, ("", ""))
 
     def _origin_id(self, conn: sqlite3.Connection, teacher: str, model: str) -> int:
@@ -220,40 +310,35 @@ class SampleStore:
         return oid
 
     # --- samples ------------------------------------------------------------------------------
-    def _sample(self, uid: bytes, row: tuple) -> TeacherSample:
-        """`row` in `_SAMPLE_COLUMNS` order -> a TeacherSample with its `cache_id`."""
+    def _sample(self, cache_id: str, row: Sequence) -> TeacherSample:
+        """`row` in `_SAMPLE_COLUMNS` order -> a TeacherSample with its `cache_id` (the uid in hex)."""
         text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra = row
         teacher, model = self._origins.get(origin) or self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
-        extra_d["cache_id"] = uid.hex()
+        extra_d["cache_id"] = cache_id
         extra_d["cached"] = True  # stored = already paid for (never stored itself, see _TRANSIENT_EXTRA)
         return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d)
 
     def _row_to_entry(self, row: tuple) -> Entry:
-        return Entry(row[0], row[1], row[2], self._sample(row[1], row[3:]))
+        return Entry(row[0], row[1], row[2], self._sample(row[1].hex(), row[3:]))
 
-    def pools(self, keys: Sequence[bytes]) -> dict[bytes, list[Entry]]:
-        """Each key's pool as entries, oldest first (keys with no samples are absent). One query per 500 keys."""
-        out: dict[bytes, list[Entry]] = {}
+    def pools(self, keys: Sequence[bytes]) -> dict[bytes, Pool]:
+        """Each key's pool as lazy entries, oldest first (keys with no samples are absent).
+
+        One query per 500 keys, one packed row per key; see `Pool` for what is decoded when.
+        """
+        out: dict[bytes, Pool] = {}
         unique = list(dict.fromkeys(keys))
-        sample = self._sample
         for i in range(0, len(unique), _BATCH):
             part = unique[i : i + _BATCH]
-            rows = self._read(
-                f"SELECT {_COLUMNS} FROM samples WHERE key IN ({','.join('?' * len(part))}) {_POOL_ORDER}",
-                part,
-                "looking samples up",
-            )
-            for row in rows:
-                pool = out.get(row[0])
-                if pool is None:
-                    pool = out[row[0]] = []
-                pool.append(Entry(row[0], row[1], row[2], sample(row[1], row[3:])))
+            rows = self._read(f"SELECT key, n, data FROM pools WHERE key IN ({','.join('?' * len(part))})", part, "looking samples up")
+            for key, n, data in rows:
+                out[key] = Pool(self, key, n, data)
         return out
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
-        """Each key's pool of samples, oldest first (keys with no samples are absent)."""
-        return {k: [e.sample for e in pool] for k, pool in self.pools(keys).items()}
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, SamplePool]:
+        """Each key's pool of samples, oldest first (keys with no samples are absent); lazy like `pools`."""
+        return {k: SamplePool(pool) for k, pool in self.pools(keys).items()}
 
     def by_uid(self, uids: Sequence[bytes]) -> dict[bytes, Entry]:
         """Stored entries by uid (missing uids are absent)."""
@@ -280,7 +365,10 @@ class SampleStore:
             )
         before = conn.total_changes
         conn.executemany(f"INSERT OR IGNORE INTO samples ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
-        return conn.total_changes - before
+        added = conn.total_changes - before
+        if added:
+            packs.rebuild(conn, [r[0] for r in rows])
+        return added
 
     def put_many(self, entries: Sequence[Entry]) -> int:
         """Store entries in one transaction; entries whose uid is already stored are skipped. Returns rows added."""
@@ -311,7 +399,10 @@ class SampleStore:
         if dry_run:
             return self._read(f"SELECT COUNT(*) FROM samples WHERE {cond}", params)[0][0]
         with self._transaction(doing="pruning samples") as conn:
-            return conn.execute(f"DELETE FROM samples WHERE {cond}", params).rowcount
+            keys = [r[0] for r in conn.execute(f"SELECT DISTINCT key FROM samples WHERE {cond}", params)]
+            deleted = conn.execute(f"DELETE FROM samples WHERE {cond}", params).rowcount
+            packs.rebuild(conn, keys)
+            return deleted
 
     def vacuum(self) -> None:
         try:
@@ -424,6 +515,7 @@ class SampleStore:
             bad = self._read(f"SELECT COUNT(*) FROM samples WHERE length(key) != {KEY_BYTES} OR length(uid) != {KEY_BYTES}")[0][0]
             if bad:
                 problems.append(f"{bad} samples with malformed key or id")
+            problems += packs.check(self.conn)
         return problems
 
 

@@ -232,14 +232,16 @@ class CachedTeacher:
                 del state.users[key], state.locks[key]
 
     async def _sample_locked(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
-        pool = await self._lookup(key, state)
-        if self._writer is not None:
+        stored = await self._lookup(key, state)
+        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
+        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
             seen = {e.uid for e in pool}
             pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, extra={**e.sample.extra, "cached": True}))
                      for e in self._writer.pending_for(key) if e.uid not in seen]
-        for e in pool[: request.n]:
+            pool = pool[: request.n]
+        for e in pool:
             self._remember_entry(e)
-        have = [e.sample for e in pool[: request.n]]
+        have = [e.sample for e in pool]
         self.counts["from_cache"] += len(have)
         missing = request.n - len(have)
         if missing == 0:
@@ -320,7 +322,7 @@ class CachedTeacher:
             state = self._loops[loop] = _LoopState()
         return state
 
-    async def _lookup(self, key: bytes, state: _LoopState) -> list[Entry]:
+    async def _lookup(self, key: bytes, state: _LoopState) -> Sequence[Entry]:
         """Queue a read; all reads queued in this loop turn run as one batched query."""
         fut = asyncio.get_running_loop().create_future()
         state.reads.append((key, fut))
@@ -340,7 +342,7 @@ class CachedTeacher:
             return
         for k, fut in batch:
             if not fut.done():
-                fut.set_result(list(found.get(k, ())))
+                fut.set_result(found.get(k, ()))
 
     def _raise_writer_error(self) -> None:
         if self._writer is not None and self._writer.error is not None:
