@@ -10,16 +10,18 @@ Contract:
 - `samples` stays the source of truth (ids, prune, stats, export read it); `pools` is derived
   from it and rewritten in the *same transaction* as every change to `samples`
   (`rebuild(conn, keys)`), so the two never disagree on disk. `SampleStore.verify` checks it.
-- A pack is UTF-8 JSON: a list of rows in pool order (created, uid), each
-  `[uid hex, created, <_SAMPLE_COLUMNS of cache.store in order>]`. JSON, not pickle: a cache
-  file may come from another machine and must never execute code when read. Floats survive
-  JSON exactly (Python writes the shortest repr that round-trips).
+- A pack is binary, little-endian: `_HEAD` (the format tag and n), then n fixed-size
+  `_RECORD`s in pool order (created, uid), then the UTF-8 strings they point into. Any one
+  sample decodes on its own with one `unpack_from` and three slices, so a caller that needs the
+  first n of a pool pays for n (JSON had to parse the whole pack: ~4 us a sample). Numbers are
+  the SQLite REAL/INTEGER values unchanged (doubles stay doubles). Not pickle: a cache file may
+  come from another machine and must never execute code when read.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import struct
 from collections.abc import Iterable, Sequence
 
 # the columns a pack row holds, after the uid (shared with cache.store's sample decoding)
@@ -30,14 +32,42 @@ _BATCH = 500  # bound parameters per statement
 CREATE = "CREATE TABLE pools (key BLOB PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL)"
 
 
+_TAG = b"omniopd-pack-1\0\0"
+_HEAD = struct.Struct("<16sI")  # tag, n
+# uid, created, input/output/cache-read/cache-write tokens, cost, latency, origin, exact,
+# offset of its strings (from the start of the pack), text/finish_reason/extra byte lengths (extra -1 = NULL)
+_RECORD = struct.Struct("<16s7dqBIIIi")
+
+
 def encode(rows: Sequence[tuple]) -> bytes:
-    """Rows `(uid, created, ...)` in pool order -> one pack."""
-    return json.dumps([[r[0].hex(), *r[1:]] for r in rows], separators=(",", ":"), ensure_ascii=False).encode()
+    """Rows `(uid, created, <PACK_COLUMNS after created>)` in pool order -> one pack."""
+    base = _HEAD.size + _RECORD.size * len(rows)
+    records, strings, offset = [], [], base
+    for uid, created, text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra in rows:
+        t, f, x = text.encode(), finish.encode(), (extra.encode() if extra is not None else b"")
+        records.append(_RECORD.pack(uid, created, tin, tout, cr, cw, cost, latency, origin, exact, offset, len(t), len(f),
+                                    len(x) if extra is not None else -1))
+        strings += (t, f, x)
+        offset += len(t) + len(f) + len(x)
+    return b"".join((_HEAD.pack(_TAG, len(rows)), *records, *strings))
 
 
-def decode(data: bytes) -> list[list]:
-    """A pack -> its rows `[uid hex, created, ...]` (see the module docstring)."""
-    return json.loads(data)
+def size(data: bytes) -> int:
+    """How many samples a pack holds."""
+    tag, n = _HEAD.unpack_from(data)
+    if tag != _TAG:
+        raise ValueError("not an omniopd pool pack (unknown format tag)")
+    return n
+
+
+def row(data: bytes, i: int) -> tuple:
+    """Sample i of a pack as `(uid, created, <PACK_COLUMNS after created>)`, the order `encode` takes."""
+    uid, created, tin, tout, cr, cw, cost, latency, origin, exact, off, nt, nf, nx = _RECORD.unpack_from(data, _HEAD.size + _RECORD.size * i)
+    mv = memoryview(data)
+    text = str(mv[off: off + nt], "utf-8")
+    finish = str(mv[off + nt: off + nt + nf], "utf-8")
+    extra = str(mv[off + nt + nf: off + nt + nf + nx], "utf-8") if nx >= 0 else None
+    return uid, created, text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra
 
 
 def rebuild(conn: sqlite3.Connection, keys: Iterable[bytes]) -> None:
@@ -81,7 +111,7 @@ def _packs(rows: list[tuple]) -> list[tuple[bytes, int, bytes]]:
     out, start = [], 0
     for i in range(1, len(rows) + 1):
         if i == len(rows) or rows[i][0] != rows[start][0]:
-            group = [r[1:] for r in rows[start:i]]
+            group = [(r[1], r[2], *r[3:]) for r in rows[start:i]]
             out.append((rows[start][0], len(group), encode(group)))
             start = i
     return out

@@ -62,18 +62,17 @@ class Entry:
 class Pool(Sequence[Entry]):
     """One key's stored samples, oldest first, read from its pack; an `Entry` is built on first access.
 
-    `len()` needs no decoding; indexing decodes the pack (one `json.loads`) and builds only the
-    entries asked for, each once (indexing twice returns the same object). Compares equal to any
+    `len()` needs no decoding; indexing decodes and builds only the entries asked for, each
+    once (indexing twice returns the same object). Compares equal to any
     sequence with equal entries. Decode it while its store is open, or at least after the store
     has seen every origin (teacher, model) in it (a store learns the origins it writes and those
     stored when it opened).
     """
 
-    __slots__ = ("key", "_store", "_n", "_data", "_rows", "_entries")
+    __slots__ = ("key", "_store", "_n", "_data", "_entries")
 
     def __init__(self, store: "SampleStore", key: bytes, n: int, data: bytes) -> None:
         self.key, self._store, self._n, self._data = key, store, n, data
-        self._rows: list[list] | None = None
         self._entries: list[Entry | None] | None = None
 
     def __len__(self) -> int:
@@ -88,14 +87,18 @@ class Pool(Sequence[Entry]):
             raise IndexError("pool index out of range")
         return self._entry(i)
 
+    def __iter__(self) -> Iterator[Entry]:
+        return map(self._entry, range(self._n))
+
     def _entry(self, i: int) -> Entry:
         if self._entries is None:
-            self._rows = packs.decode(self._data)
+            if packs.size(self._data) != self._n:
+                raise CacheCorruptError(f"cache {self._store.path}: the packed pool {self.key.hex()} is damaged; run `omniopd cache verify`")
             self._entries = [None] * self._n
         entry = self._entries[i]
         if entry is None:
-            uid, created, *row = self._rows[i]  # type: ignore[index]
-            entry = self._entries[i] = Entry(self.key, bytes.fromhex(uid), created, self._store._sample(uid, row))
+            uid, created, *row = packs.row(self._data, i)
+            entry = self._entries[i] = Entry(self.key, uid, created, self._store._sample(uid.hex(), row))
         return entry
 
     def samples(self) -> "SamplePool":
@@ -125,6 +128,9 @@ class SamplePool(Sequence[TeacherSample]):
         if isinstance(i, slice):
             return [e.sample for e in self.pool[i]]
         return self.pool[i].sample
+
+    def __iter__(self) -> Iterator[TeacherSample]:
+        return (e.sample for e in self.pool)
 
     def __eq__(self, other: object) -> bool:
         return _seq_eq(self, other)
