@@ -37,6 +37,7 @@ _HEAD = struct.Struct("<16sI")  # tag, n
 # uid, created, input/output/cache-read/cache-write tokens, cost, latency, origin, exact,
 # offset of its strings (from the start of the pack), text/finish_reason/extra byte lengths (extra -1 = NULL)
 _RECORD = struct.Struct("<16s7dqBIIIi")
+_HEAD_SIZE, _RECORD_SIZE = _HEAD.size, _RECORD.size
 
 
 def encode(rows: Sequence[tuple]) -> bytes:
@@ -62,12 +63,11 @@ def size(data: bytes) -> int:
 
 def row(data: bytes, i: int) -> tuple:
     """Sample i of a pack as `(uid, created, <PACK_COLUMNS after created>)`, the order `encode` takes."""
-    uid, created, tin, tout, cr, cw, cost, latency, origin, exact, off, nt, nf, nx = _RECORD.unpack_from(data, _HEAD.size + _RECORD.size * i)
-    mv = memoryview(data)
-    text = str(mv[off: off + nt], "utf-8")
-    finish = str(mv[off + nt: off + nt + nf], "utf-8")
-    extra = str(mv[off + nt + nf: off + nt + nf + nx], "utf-8") if nx >= 0 else None
-    return uid, created, text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra
+    uid, created, tin, tout, cr, cw, cost, latency, origin, exact, off, nt, nf, nx = _RECORD.unpack_from(data, _HEAD_SIZE + _RECORD_SIZE * i)
+    end = off + nt
+    fend = end + nf
+    return (uid, created, data[off:end].decode(), data[end:fend].decode(), tin, tout, cr, cw, cost, origin, latency, exact,
+            data[fend:fend + nx].decode() if nx >= 0 else None)
 
 
 def rebuild(conn: sqlite3.Connection, keys: Iterable[bytes]) -> None:
