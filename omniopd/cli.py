@@ -19,6 +19,7 @@ from omniopd.errors import OmniOPDError
 COMMANDS: dict[str, str] = {
     "train": "omniopd.cli_train",
     "teacher": "omniopd.cli_teacher",
+    "cache": "omniopd.cli_cache",
 }
 
 

@@ -117,9 +117,12 @@ def _plain(model):
     """Forget that weights came from GGUF: they are de-quantized on load, so the model is an
     ordinary float model — but transformers keeps a GGUF quantizer on it that refuses
     `save_pretrained`, which checkpoints and the final model need."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if hasattr(getattr(module, "config", None), "_is_quantized"):
+            module.config._is_quantized = False
     return model
 
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from omniopd.errors import BudgetExceededError, TeacherResponseError, TeacherUnavailableError
+from omniopd.errors import (BudgetExceededError, CacheMissError, ReplayError, TeacherResponseError,
+                            TeacherUnavailableError)
 from omniopd.rollouts import Rollouts
 from omniopd.scoring import k_F, pibar_F, pihat_F, trim_to_chars
 from omniopd.similarity import PhiFn
@@ -84,7 +85,7 @@ class Pipeline:
     def __init__(self, teacher: Teacher, tokenizer, scheduler: ForkScheduler, phi: PhiFn, *, samples: int = 10,
                  alpha: float = 1.0, trim_slack: float = 0.2, token_factor: float = 1.3,
                  teacher_temperature: float | None = None, max_usd: float | None = None,
-                 recorder: EpisodeRecorder | None = None, progress: bool = False):
+                 recorder: EpisodeRecorder | None = None, progress: bool = False, skip_missing: bool = False):
         self.teacher = teacher
         self.tokenizer = tokenizer
         self.scheduler = scheduler
@@ -97,6 +98,10 @@ class Pipeline:
         self.max_usd = max_usd
         self.recorder = recorder
         self.progress = progress
+        # replay: a fork whose samples were never recorded (CacheMissError) is dropped from the
+        # step (skip_missing) or stops the run (--strict-replay)
+        self.skip_missing = skip_missing
+        self.replay_missed_forks = 0
         self.spent_usd = 0.0
         self.teacher_samples_total = 0
         self._loop = asyncio.new_event_loop()
@@ -134,6 +139,7 @@ class Pipeline:
                 "the run stopped cleanly — raise the limit and rerun with --resume to continue"
             )
         results = self._loop.run_until_complete(self._sample_all(requests))
+        chunks, results, starts = self._drop_missed(chunks, results, starts)
         step_cost = 0.0
         for c, res in zip(chunks, results):
             if isinstance(res, BaseException):
@@ -165,9 +171,23 @@ class Pipeline:
         self.teacher_samples_total += n_samples
         metrics = _step_metrics(chunks, rollouts, amask, n_samples, step_cost, self.spent_usd)
         metrics.update(scheduler_seconds=t1 - t0, teacher_seconds=t2 - t1, scorer_seconds=t3 - t2)
+        metrics["replay_missed_forks"] = float(self.replay_missed_forks)
         if self.recorder is not None:
             self.recorder.record_step(step, episode_dict(rollouts, starts, chunks))
         return AuditResult(adv, amask, chunks, starts, metrics)
+
+    def _drop_missed(self, chunks: list[ChunkAudit], results: list, starts: list[list[int]]):
+        """Replay: forks whose teacher samples were not recorded leave the step (counted, logged)."""
+        missed = [c for c, r in zip(chunks, results) if isinstance(r, CacheMissError)]
+        if not missed:
+            return chunks, results, starts
+        self.replay_missed_forks += len(missed)
+        log.warning("replay: %d forks had no recorded teacher samples and were skipped (%d so far)",
+                    len(missed), self.replay_missed_forks)
+        gone = {(c.row, c.start) for c in missed}
+        kept = [(c, r) for c, r in zip(chunks, results) if not isinstance(r, CacheMissError)]
+        starts = [[s for s in ss if (b, s) not in gone] for b, ss in enumerate(starts)]
+        return [c for c, _ in kept], [r for _, r in kept], starts
 
     async def _sample_all(self, requests: list[TeacherRequest]) -> list[list[TeacherSample] | BaseException]:
         bar = tqdm(total=len(requests), desc="teacher", unit="chunk", leave=False, disable=not self.progress or not requests)
@@ -177,6 +197,11 @@ class Pipeline:
                 return await self.teacher.sample(req)
             except _PER_CHUNK_FAILURES as exc:
                 return exc
+            except CacheMissError as exc:
+                if self.skip_missing:
+                    return exc
+                raise ReplayError(f"--strict-replay: {exc}. Drop --strict-replay to skip such forks, or replay with "
+                                  "the scheduler and teacher settings of the recorded run") from exc
             finally:
                 bar.update(1)
 
@@ -185,7 +210,7 @@ class Pipeline:
         finally:
             bar.close()
         for r in results:  # configuration-level failures (auth, quota, budget, bugs) stop the step
-            if isinstance(r, BaseException) and not isinstance(r, _PER_CHUNK_FAILURES):
+            if isinstance(r, BaseException) and not isinstance(r, (*_PER_CHUNK_FAILURES, CacheMissError)):
                 raise r
         return results
 
