@@ -4,7 +4,8 @@ Contract:
 - A pool is every sample stored under one 16-byte key (see `cache.teacher.request_key`);
   `get_many(keys)` returns each pool oldest first, so "the first n" of a pool is stable.
 - Every sample has a random 16-byte `uid` that never changes (export/import and copies into
-  run files keep it); `TeacherSample.extra['cache_id']` is its hex form.
+  run files keep it); `TeacherSample.extra['cache_id']` is its hex form, and samples read back
+  carry `extra['cached'] = True`.
 - Writes are single transactions (`BEGIN IMMEDIATE`, so concurrent writers in other
   processes queue on SQLite's lock instead of failing); a crash loses at most the transaction
   in flight, and the file is never left half-written.
@@ -36,9 +37,11 @@ from providers.base import TeacherSample
 OpenMode = Literal["read-write", "read-only"]
 KEY_BYTES = 16
 _BATCH = 500  # bound parameters per statement
-_FLOAT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_s")
 _TRANSIENT_EXTRA = ("cache_id", "cached")  # set on the way out, never stored
-_COLUMNS = "key, uid, created, text, finish_reason, exact, " + ", ".join(_FLOAT_FIELDS) + ", origin, extra"
+# TeacherSample's positional order, so rows become samples without keyword plumbing
+_SAMPLE_COLUMNS = "text, finish_reason, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, origin, latency_s, exact, extra"
+_COLUMNS = "key, uid, created, " + _SAMPLE_COLUMNS
+_POOL_ORDER = "ORDER BY key, created, uid"
 
 
 @dataclass(frozen=True)
@@ -217,30 +220,40 @@ class SampleStore:
         return oid
 
     # --- samples ------------------------------------------------------------------------------
-    def _row_to_entry(self, row: tuple) -> Entry:
-        key, uid, created, text, finish, exact, *floats, origin, extra = row
-        teacher, model = self._origin(origin)
+    def _sample(self, uid: bytes, row: tuple) -> TeacherSample:
+        """`row` in `_SAMPLE_COLUMNS` order -> a TeacherSample with its `cache_id`."""
+        text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra = row
+        teacher, model = self._origins.get(origin) or self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
         extra_d["cache_id"] = uid.hex()
-        sample = TeacherSample(text=text, finish_reason=finish, model=model, teacher=teacher, exact=bool(exact), extra=extra_d,
-                               **dict(zip(_FLOAT_FIELDS, floats)))
-        return Entry(key, uid, created, sample)
+        extra_d["cached"] = True  # stored = already paid for (never stored itself, see _TRANSIENT_EXTRA)
+        return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d)
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
-        """Each key's pool, oldest first (keys with no samples are absent)."""
-        out: dict[bytes, list[TeacherSample]] = {}
+    def _row_to_entry(self, row: tuple) -> Entry:
+        return Entry(row[0], row[1], row[2], self._sample(row[1], row[3:]))
+
+    def pools(self, keys: Sequence[bytes]) -> dict[bytes, list[Entry]]:
+        """Each key's pool as entries, oldest first (keys with no samples are absent). One query per 500 keys."""
+        out: dict[bytes, list[Entry]] = {}
         unique = list(dict.fromkeys(keys))
+        sample = self._sample
         for i in range(0, len(unique), _BATCH):
             part = unique[i : i + _BATCH]
             rows = self._read(
-                f"SELECT {_COLUMNS} FROM samples WHERE key IN ({','.join('?' * len(part))}) ORDER BY key, id",
+                f"SELECT {_COLUMNS} FROM samples WHERE key IN ({','.join('?' * len(part))}) {_POOL_ORDER}",
                 part,
                 "looking samples up",
             )
             for row in rows:
-                entry = self._row_to_entry(row)
-                out.setdefault(entry.key, []).append(entry.sample)
+                pool = out.get(row[0])
+                if pool is None:
+                    pool = out[row[0]] = []
+                pool.append(Entry(row[0], row[1], row[2], sample(row[1], row[3:])))
         return out
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, list[TeacherSample]]:
+        """Each key's pool of samples, oldest first (keys with no samples are absent)."""
+        return {k: [e.sample for e in pool] for k, pool in self.pools(keys).items()}
 
     def by_uid(self, uids: Sequence[bytes]) -> dict[bytes, Entry]:
         """Stored entries by uid (missing uids are absent)."""
@@ -261,15 +274,12 @@ class SampleStore:
             s = e.sample
             extra = {k: v for k, v in s.extra.items() if k not in _TRANSIENT_EXTRA}
             rows.append(
-                (e.key, e.uid, self._origin_id(conn, s.teacher, s.model), e.created, s.text, s.finish_reason, int(bool(s.exact)),
-                 *(float(getattr(s, f)) for f in _FLOAT_FIELDS), json.dumps(extra, sort_keys=True, default=str) if extra else None)
+                (e.key, e.uid, float(e.created), s.text, s.finish_reason, float(s.input_tokens), float(s.output_tokens),
+                 float(s.cache_read_tokens), float(s.cache_write_tokens), float(s.cost_usd), self._origin_id(conn, s.teacher, s.model),
+                 float(s.latency_s), int(bool(s.exact)), json.dumps(extra, sort_keys=True, default=str) if extra else None)
             )
         before = conn.total_changes
-        conn.executemany(
-            "INSERT OR IGNORE INTO samples (key, uid, origin, created, text, finish_reason, exact, "
-            + ", ".join(_FLOAT_FIELDS) + ", extra) VALUES (" + ",".join("?" * (8 + len(_FLOAT_FIELDS))) + ")",
-            rows,
-        )
+        conn.executemany(f"INSERT OR IGNORE INTO samples ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
         return conn.total_changes - before
 
     def put_many(self, entries: Sequence[Entry]) -> int:
@@ -310,15 +320,17 @@ class SampleStore:
             raise translate_error(exc, self.path, "compacting it") from exc
 
     def iter_entries(self, batch: int = 2000) -> Iterator[Entry]:
-        """Every stored sample, oldest first (for export)."""
-        last = 0
+        """Every stored sample, pool by pool (for export); pages by primary key, so memory stays flat."""
+        last: tuple = (b"", 0.0, b"")
         while True:
-            rows = self._read(f"SELECT id, {_COLUMNS} FROM samples WHERE id > ? ORDER BY id LIMIT ?", (last, batch), "exporting")
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM samples WHERE (key, created, uid) > (?, ?, ?) {_POOL_ORDER} LIMIT ?",
+                (*last, batch), "exporting")
             if not rows:
                 return
             for row in rows:
-                yield self._row_to_entry(row[1:])
-            last = rows[-1][0]
+                yield self._row_to_entry(row)
+            last = rows[-1][:3]
 
     # --- usage counters ---------------------------------------------------------------------
     def record_lookups(self, session: str, started: float, requested: int, from_cache: int, from_teacher: int, misses: int) -> None:

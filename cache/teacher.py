@@ -236,11 +236,12 @@ class CachedTeacher:
     async def _sample_locked(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
         pool = await self._lookup(key, state)
         if self._writer is not None:
-            seen = {s.extra["cache_id"] for s in pool}
-            pool += [e.sample for e in self._writer.pending_for(key) if e.uid.hex() not in seen]
-        have = [dataclasses.replace(s, extra={**s.extra, "cached": True}) for s in pool[: request.n]]
-        for s in have:
-            self._remember_entry(Entry(key, bytes.fromhex(s.extra["cache_id"]), 0.0, s))
+            seen = {e.uid for e in pool}
+            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, extra={**e.sample.extra, "cached": True}))
+                     for e in self._writer.pending_for(key) if e.uid not in seen]
+        for e in pool[: request.n]:
+            self._remember_entry(e)
+        have = [e.sample for e in pool[: request.n]]
         self.counts["from_cache"] += len(have)
         missing = request.n - len(have)
         if missing == 0:
@@ -297,8 +298,8 @@ class CachedTeacher:
     def _adopt(self, key: bytes, fresh: list[TeacherSample]) -> list[TeacherSample]:
         now = self.clock()
         entries = []
-        for s in fresh:
-            uid = self.uid_factory()
+        # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
+        for s, uid in zip(fresh, sorted(self.uid_factory() for _ in fresh)):
             s = dataclasses.replace(s, extra={**s.extra, "cache_id": uid.hex()})
             entries.append(Entry(key, uid, now, s))
         for e in entries:
@@ -321,7 +322,7 @@ class CachedTeacher:
             state = self._loops[loop] = _LoopState()
         return state
 
-    async def _lookup(self, key: bytes, state: _LoopState) -> list[TeacherSample]:
+    async def _lookup(self, key: bytes, state: _LoopState) -> list[Entry]:
         """Queue a read; all reads queued in this loop turn run as one batched query."""
         fut = asyncio.get_running_loop().create_future()
         state.reads.append((key, fut))
@@ -333,7 +334,7 @@ class CachedTeacher:
     def _run_reads(self, state: _LoopState) -> None:
         batch, state.reads, state.read_scheduled = state.reads, [], False
         try:
-            found = self.store.get_many([k for k, _ in batch])  # type: ignore[union-attr]
+            found = self.store.pools([k for k, _ in batch])  # type: ignore[union-attr]
         except CacheError as exc:
             for _, fut in batch:
                 if not fut.done():

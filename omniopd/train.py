@@ -214,6 +214,11 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
     if needs_answers and not any(r.get("answer") for r in rows):
         flag = "--method sg-opd" if M.name == "sg-opd" else "--verifier-gate"
         raise ConfigError(f"{flag} needs reference answers for its verifier: set --answer-field (GSM8K: answer)")
+    if needs_answers and verifier is None:
+        from omniopd.methods.verifier import VERIFIERS
+
+        verifier = VERIFIERS[M.verifier]
+        verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
     whitebox = None
     if M.name != "omniopd":
         whitebox = _whitebox(cfg, teacher, tokenizer)
@@ -229,10 +234,12 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
 
     kind, _, model = cfg.teacher.spec.partition(":")
     if kind == "openai-compatible" and cfg.teacher.base_url:
+        from providers.retry import RetryPolicy
         from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
+        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
         scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
-                                            max_attempts=cfg.teacher.max_attempts, spec=cfg.teacher.spec)
+                                            policy=policy, spec=cfg.teacher.spec)
         return whitebox_for(scorer, tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
 

@@ -9,46 +9,42 @@ the teacher with no text round-trip. The server must run the student's tokenizer
 through vLLM's `/tokenize`) and allow the top-k asked for (`vllm serve ... --max-logprobs 64`
 for TrOPD's top-64; vLLM's default limit is 20).
 
-Retries: the SDK's are off; tenacity retries connection errors, 408/409/429 and 5xx.
+Retries: the SDK's are off; `providers.retry.call_with_retries` owns them (the policy every
+teacher call uses). The learner calls `token_logprobs` synchronously, so the client runs on an
+event loop this object owns (one loop for its whole life, like the pipeline's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 import httpx
 import openai
 import torch
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from omniopd.errors import TeacherAccessError, TeacherUnavailableError
+from omniopd.errors import TeacherAccessError, TeacherCapabilityError, TeacherUnavailableError
+from providers.retry import RetryPolicy, call_with_retries
 from providers.whitebox import TokenLogprobs
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
-        return True
-    return isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
-
-
 class OpenAICompatPromptLogprobs:
-    """`WhiteBoxTeacher` over a vLLM server; `client`/`http` are injectable (tests, proxies)."""
+    """`WhiteBoxTeacher` over a vLLM server; `client`/`http`/`policy` are injectable (tests, proxies)."""
 
-    def __init__(self, model: str, base_url: str, *, api_key: str | None = None, client: openai.OpenAI | None = None,
-                 http: httpx.Client | None = None, timeout_s: float = 60.0, max_attempts: int = 4, max_rows: int = 8,
-                 spec: str | None = None):
+    def __init__(self, model: str, base_url: str, *, api_key: str | None = None,
+                 client: openai.AsyncOpenAI | None = None, http: httpx.Client | None = None, timeout_s: float = 60.0,
+                 policy: RetryPolicy | None = None, max_rows: int = 8, spec: str | None = None):
         self.model = model
         self.spec = spec or f"openai-compatible:{model}"
         self.base_url = base_url.rstrip("/")
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # vLLM without --api-key accepts any
-        self.client = client or openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout_s)
+        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # vLLM without --api-key accepts any
+        self.client = client or openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
+                                                   timeout=timeout_s)
         self.http = http or httpx.Client(timeout=timeout_s)
+        self.policy = policy or RetryPolicy()
         self.max_rows = max_rows
-        self._create = retry(
-            retry=retry_if_exception(_retryable), stop=stop_after_attempt(max_attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=20.0), reraise=True,
-        )(self.client.completions.create)
+        self._loop = asyncio.new_event_loop()
 
     # -- tokenizer check ------------------------------------------------------------------
     def check_tokenizer(self, student_tokenizer, probe: str = "Natalia sold 48 clips in April.\n12 * 3 = 36") -> bool:
@@ -103,19 +99,25 @@ class OpenAICompatPromptLogprobs:
         return TokenLogprobs(logp.to(dev), tk_lp.to(dev) if top_k > 0 else None, tk_id.to(dev) if top_k > 0 else None)
 
     def _request(self, prompts: list[list[int]], top_k: int) -> Any:
+        k = max(top_k, 1)
+
+        async def create():
+            return await self.client.completions.create(model=self.model, prompt=prompts, max_tokens=1, temperature=1.0,
+                                                  extra_body={"prompt_logprobs": k})
+
         try:
-            return self._create(model=self.model, prompt=prompts, max_tokens=1, temperature=1.0,
-                                extra_body={"prompt_logprobs": max(top_k, 1)})
-        except openai.BadRequestError as exc:
+            return self._loop.run_until_complete(
+                call_with_retries(create, self.policy, what=self.spec, secrets=(self._key,)))
+        except TeacherCapabilityError as exc:
             raise TeacherAccessError(
-                f"{self.spec}: the server refused prompt_logprobs={max(top_k, 1)} ({exc.message}); vLLM caps it at "
-                "--max-logprobs (default 20): restart it with `--max-logprobs 64` for TrOPD"
+                f"{self.spec}: the server refused prompt_logprobs={k} ({exc}); vLLM caps it at --max-logprobs "
+                "(default 20): restart it with `--max-logprobs 64` for TrOPD"
             ) from exc
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
-            raise TeacherUnavailableError(f"{self.spec}: {exc}") from exc
 
     def close(self) -> None:
-        self.client.close()
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.client.close())
+            self._loop.close()
         self.http.close()
 
 

@@ -94,3 +94,20 @@ def test_replay_rejects_what_it_cannot_replay(tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"definitely not sqlite" * 10)
     with pytest.raises(ReplayError, match="not an SQLite database"):
         Replay(tmp_path / "junk.sqlite")
+
+
+def test_samples_copied_into_the_run_keep_their_origin_and_time(tmp_path):
+    cache = tmp_path / "c.sqlite"
+    first = CachedTeacher(CountingTeacher(), cache, clock=lambda: 1234.5)
+    asyncio.run(first.sample(request("p", 2)))
+    first.close()
+    teacher = CachedTeacher(CountingTeacher(), cache, clock=lambda: 9999.0)  # a later run, served from the cache
+    got = asyncio.run(teacher.sample(request("p", 2)))
+    rec = EpisodeRecorder(tmp_path / "run", teacher=teacher)
+    rec.record_step(0, {"chunks": [{"sample_ids": [s.extra["cache_id"] for s in got]}]})
+    rec.close()
+    teacher.close()
+    with SampleStore(tmp_path / "run" / EPISODES_FILE, "read-only") as run_file:
+        copied = run_file.by_uid([bytes.fromhex(s.extra["cache_id"]) for s in got])
+    assert [e.created for e in copied.values()] == [1234.5, 1234.5]
+    assert {e.sample.teacher for e in copied.values()} == {CountingTeacher.spec}

@@ -28,7 +28,7 @@ def test_pools_keep_insertion_order_and_every_field(tmp_path):
     assert [s.text for s in pools[(2).to_bytes(16, "big")]] == ["x"]
     assert (3).to_bytes(16, "big") not in pools
     b = pools[(1).to_bytes(16, "big")][1]
-    assert b.extra == {"logprob": -1.5, "cache_id": (11).to_bytes(16, "big").hex()}
+    assert b.extra == {"logprob": -1.5, "cache_id": (11).to_bytes(16, "big").hex(), "cached": True}
     assert (b.exact, b.model, b.teacher, b.cost_usd) == (False, "m1", "t:m1", 0.5)
 
 

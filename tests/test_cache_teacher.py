@@ -70,8 +70,8 @@ def test_concurrent_lookups_are_one_batched_query(tmp_path):
     run(go())
     ct.flush()
     queries = []
-    real = ct.store.get_many
-    ct.store.get_many = lambda keys: (queries.append(len(keys)), real(keys))[1]
+    real = ct.store.pools
+    ct.store.pools = lambda keys: (queries.append(len(keys)), real(keys))[1]
     out = run(go())
     assert queries == [40] and all(len(r) == 2 for r in out)
     ct.close()

@@ -1,7 +1,9 @@
 """End to end: training through the cache against a real HTTP teacher, offline replay, resume.
 
-The teacher is the real `openai` SDK talking to a local server that speaks `/v1/completions`
-(`tests/openai_wire.py`); the student and tokenizer are tiny and built in-process.
+Replay: the real Anthropic client (`--teacher claude-haiku`) against the fake provider server
+(`tests/fake_providers.py`). Kill-and-resume: the real `openai` SDK against a small
+`/v1/completions` server that can be told to hold requests (`tests/openai_wire.py`), so the
+run is killed with teacher requests in flight. Students and tokenizers are tiny, in-process.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from cache.store import SampleStore
 from omniopd.config import build_config
 from omniopd.errors import ReplayError
 from omniopd.train import run_train
-from tests.openai_wire import CompletionsTeacher, FakeCompletionsServer
+from providers import registry
+from tests.fake_providers import FakeProviderServer
+from tests.openai_wire import FakeCompletionsServer
 from tests.tiny import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def cfg_for(tmp_path, out: str, max_steps: int = 2, chunk_tokens: int = 6, **cache):
     return build_config({
         "student": {"generations": 2, "max_new_tokens": 24},
-        # a teacher that cannot be constructed: replay must never try
-        "teacher": {"samples": 3, "spec": "local:/nonexistent/teacher-model"},
+        "teacher": {"spec": "claude-haiku", "samples": 3, "no_fallback": True, "rpm": 6000},
         "scheduler": {"chunk_tokens": chunk_tokens, "chunks_per_completion": 2},
         "scorer": {"similarity": "edit"},
         "learner": {"max_steps": max_steps, "learning_rate": 5e-3, "prompts_per_step": 2, "seed": 0},
@@ -48,21 +51,30 @@ def metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_tok):
-    with FakeCompletionsServer() as server:
-        run_train(cfg_for(tmp_path, "run"), model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok,
-                  teacher=CompletionsTeacher(server.url), echo=False)
-    bought = len(server.answered)
+def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_tok, monkeypatch):
+    with FakeProviderServer() as server:  # the real anthropic SDK, through the real provider client
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        run_train(cfg_for(tmp_path, "run"), model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, echo=False)
+    answered = [r for r in server.log if r.status == 200]
+    assert answered and all(r.route == "anthropic" for r in answered)
+
+    def no_provider(*a, **k):
+        raise AssertionError("replay constructed a teacher")
+
+    monkeypatch.setattr(registry, "build_teacher", no_provider)
+    bought = len(server.log)
     assert bought > 0
     recorded = dict(load_episodes(tmp_path / "run"))
     assert sorted(recorded) == [0, 1]
-    assert sum(len(ids) for step in chunk_ids(recorded).values() for ids in step) == 3 * bought
+    recorded_ids = {i for step in chunk_ids(recorded).values() for ids in step for i in ids}
+    assert len(recorded_ids) >= 3
 
     # The server is stopped. Replay retrains a fresh student from the recorded episodes alone.
     student = tiny_llama(tiny_tok, seed=0)
     before = [p.detach().clone() for p in student.parameters()]
     result = run_train(cfg_for(tmp_path, "replayed", replay=str(tmp_path / "run")), model=student, tokenizer=tiny_tok, echo=False)
-    assert len(server.answered) == bought  # not one request while replaying
+    assert len(server.log) == bought  # the stopped server saw not one request while replaying
     assert result.steps == 2 and result.teacher_usd == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))  # it learned
     replayed = dict(load_episodes(tmp_path / "replayed"))
@@ -81,7 +93,7 @@ def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_to
         run_train(cfg_for(tmp_path, "strict", max_steps=1, chunk_tokens=5, replay=str(tmp_path / "run"), strict_replay=True),
                   model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, echo=False)
     with SampleStore(tmp_path / "teacher.sqlite", "read-only") as store:
-        assert store.stats()["samples"] == 3 * bought
+        assert store.stats()["samples"] == len(recorded_ids)
 
 
 @pytest.mark.slow

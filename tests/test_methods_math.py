@@ -199,3 +199,11 @@ def test_drift_gate_newline_ids_come_from_the_tokenizer():
     g = gate.gates_B_T(cur, torch.zeros_like(cur), torch.ones_like(cur), ids)
     assert g.mean().item() == pytest.approx(1.0, abs=1e-6) and len(set(g[0].tolist())) == 2  # two lines, two gates
     assert not DriftGate.build("off").enabled
+
+
+def test_math_verifier_verdicts():
+    pytest.importorskip("omniopd.answers")  # issue 5's extractor; runs once both are on main
+    from omniopd.methods.verifier import math_verifier, verdicts_B
+
+    v = verdicts_B(math_verifier, ["so the answer is 12.", "I get \\boxed{13}", "anything"], ["#### 12", "12", None])
+    assert v[:2].tolist() == [1.0, 0.0] and math.isnan(v[2].item())

@@ -200,3 +200,28 @@ def test_omniopd_with_verifier_gate_scales_chunk_weights(tmp_path, monkeypatch):
         assert torch.allclose(b["advantages"], pihat * scale)
         assert row["verifier_judged"] == len(texts)
         assert row["verifier_correct_share"] == pytest.approx(float(correct.float().mean()))
+
+
+def test_drift_gate_on_offline_replay_compares_with_the_recorded_behaviour(tmp_path):
+    """Replay feeds the recorded behaviour log-probs to the gate: a student that is not the one
+    that sampled them (another init) is gated from the first step; the same init is not."""
+    tok = tiny_tokenizer()
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": q}) for q in ["Tom has 3 apples.", "Add 7 and 5."]))
+
+    def cfg(out, **extra):
+        return build_config(None, {"data.path": str(data), "student.max_new_tokens": 12, "student.generations": 2,
+                                   "learner.prompts_per_step": 2, "learner.max_steps": 1, "learner.seed": 0,
+                                   "scheduler.chunk_tokens": 4, "scheduler.chunks_per_completion": 2,
+                                   "teacher.samples": 2, "scorer.similarity": "edit", "output.dir": str(tmp_path / out),
+                                   "cache.path": str(tmp_path / "teacher.sqlite"), **extra})
+
+    run_train(cfg("run"), model=tiny_llama(tok, seed=0), tokenizer=tok,
+              teacher=LocalTeacher(tiny_llama(tok, seed=1), tok, spec="local:t"), echo=False)
+    gated = {"cache.replay": str(tmp_path / "run"), "method.drift_gate": "block", "method.gate_block_tokens": 4}
+    rows = {}
+    for name, seed in (("same", 0), ("other", 2)):
+        run_train(cfg(name, **gated), model=tiny_llama(tok, seed=seed), tokenizer=tok, echo=False)
+        rows[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()][0]
+    assert rows["same"]["drift_gate_min"] == pytest.approx(1.0, abs=1e-4)  # the recorded policy is this one
+    assert rows["other"]["drift_abs_mean"] > 0.01 and rows["other"]["drift_gate_min"] < 0.999

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from omniopd.errors import TeacherAccessError
+from providers.retry import RetryPolicy
 from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 from providers.whitebox import LocalWhiteBox, whitebox_for
 from tests.tiny import tiny_llama, tiny_tokenizer
@@ -85,6 +86,7 @@ class _VLLMHandler(BaseHTTPRequestHandler):
     model = tok = None
     log: list = []
     max_logprobs = 20
+    fail_next = 0  # answer this many completion requests with a 503 first
 
     def log_message(self, *a):
         pass
@@ -102,6 +104,9 @@ class _VLLMHandler(BaseHTTPRequestHandler):
         self.log.append((self.path, req))
         if self.path == "/tokenize":
             return self._send(200, {"tokens": self.tok.encode(req["prompt"], add_special_tokens=False)})
+        if type(self).fail_next > 0:
+            type(self).fail_next -= 1
+            return self._send(503, {"object": "error", "message": "overloaded", "type": "ServiceUnavailable", "code": 503})
         k = req.get("prompt_logprobs")
         if k is not None and k > self.max_logprobs:
             return self._send(400, {"object": "error", "message": f"Requested prompt logprobs of {k}, which is greater than max allowed: {self.max_logprobs}", "type": "BadRequestError", "code": 400})
@@ -135,7 +140,11 @@ def vllm_server():
 
 def test_vllm_prompt_logprobs_agree_with_the_local_model(vllm_server):
     url, handler, model, tok = vllm_server
-    wb = OpenAICompatPromptLogprobs("tiny", url)
+
+    async def no_wait(s):
+        pass
+
+    wb = OpenAICompatPromptLogprobs("tiny", url, policy=RetryPolicy(max_attempts=3, sleep=no_wait))
     assert whitebox_for(wb, tok, "tropd") is wb  # /tokenize probe matches
     p_ids, c_ids, P, PM, C, CM = _batch(tok)
     remote = wb.token_logprobs(P, PM, C, CM, top_k=4)
@@ -145,6 +154,9 @@ def test_vllm_prompt_logprobs_agree_with_the_local_model(vllm_server):
     assert torch.equal(remote.topk_ids_B_T_K, local.topk_ids_B_T_K)
     sent = [r for path, r in handler.log if path == "/v1/completions"][0]
     assert sent["prompt"] == [p + c for p, c in zip(p_ids, c_ids)] and sent["prompt_logprobs"] == 4
+    handler.fail_next = 1  # a transient 503 is retried by the shared policy
+    again = wb.token_logprobs(P, PM, C, CM)
+    assert torch.allclose(again.logp_B_T, local.logp_B_T, atol=1e-4) and handler.fail_next == 0
     with pytest.raises(TeacherAccessError, match="--max-logprobs 64"):
         wb.token_logprobs(P, PM, C, CM, top_k=64)
     with pytest.raises(TeacherAccessError, match="tokenizes text differently"):

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from omniopd.errors import ConfigError
+
 Verifier = Callable[[str, "str | None"], "bool | None"]
 
 
@@ -19,8 +21,10 @@ def math_verifier(completion: str, gold: str | None) -> bool | None:
     """Final-answer match by math-verify (`omniopd.answers.is_correct`); None without a reference."""
     if gold is None or not str(gold).strip():
         return None
-    from omniopd.answers import is_correct
-
+    try:
+        from omniopd.answers import is_correct
+    except ModuleNotFoundError as exc:  # the evaluation module ships with `omniopd eval`
+        raise ConfigError(f"--verifier math needs omniopd.answers (math-verify answer extraction): {exc}") from exc
     return bool(is_correct(completion, str(gold)))
 
 
