@@ -211,7 +211,9 @@ class CachedTeacher:
         return self._identity
 
     def key(self, request: TeacherRequest) -> bytes:
-        return request_key(self._identity, request)
+        # Key by who answers now: a teacher may change identity mid-run (a FallbackTeacher
+        # switching to its local teacher), and fallback samples must not land in the API's pool.
+        return request_key(self.inner.identity() if self.inner is not None else self._identity, request)
 
     async def sample(self, request: TeacherRequest) -> list[TeacherSample]:
         self._raise_writer_error()
@@ -256,7 +258,7 @@ class CachedTeacher:
             return have
         fresh = (await self.inner.sample(request.with_n(missing)))[:missing]
         self.counts["from_teacher"] += len(fresh)
-        return have + self._adopt(key, fresh)
+        return have + self._adopt(self.key(request), fresh)  # the key again: the teacher may have switched
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

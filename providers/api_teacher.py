@@ -189,11 +189,13 @@ class ApiTeacher:
         return self._to_samples(res, split, latency)
 
     def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float) -> list[TeacherSample]:
-        if not res.texts:
+        cost = self.caps.cost_usd(res.input_tokens, res.output_tokens, res.cache_read_tokens, res.cache_write_tokens)
+        if not res.texts:  # billed all the same: keep it in the totals
+            self._totals.input_tokens += res.input_tokens
+            self._totals.cost_usd += cost
             log.warning("%s: the response held no completion (blocked or empty); dropping it", self.spec)
             return []
         m = len(res.texts)
-        cost = self.caps.cost_usd(res.input_tokens, res.output_tokens, res.cache_read_tokens, res.cache_write_tokens)
         out = []
         for text, finish in res.texts:
             if self.caps.continuation == "instruct":

@@ -315,3 +315,23 @@ def test_keys_stay_out_of_identity_and_repr(fake_server):
     assert t.identity()["endpoint"] == fake_server.url and t.identity()["continuation"] == "prefill"
     run(sample_and_close(t, req()))
     assert fake_server.requests()[-1].headers["anthropic-version"] == t.identity()["api_version"]
+
+
+def test_cache_keys_fallback_samples_by_the_teacher_that_wrote_them(fake_server, tmp_path):
+    from cache.store import SampleStore
+    from cache.teacher import CachedTeacher, request_key
+
+    fake_server.valid_keys = {"no-key"}  # the Anthropic key is rejected; the fallback server takes any
+    env = {**fake_server.env(), "ANTHROPIC_API_KEY": "sk-ant-WRONG"}
+    cfg = TeacherConfig(spec="claude-haiku", fallback="local:tiny")
+    inner = build_api_teacher_with_fallback(cfg, None, lambda: _fallback_teacher(fake_server), env=env,
+                                            limits=LimitsRegistry())
+    api_identity = inner.identity()
+    cached = CachedTeacher(inner, tmp_path / "teacher.sqlite", "read-write")
+    r = req(n=2)
+    samples = run(sample_and_close(cached, r))
+    assert len(samples) == 2 and inner.fell_back
+    with SampleStore(tmp_path / "teacher.sqlite", "read-only") as store:
+        pools = store.get_many([request_key(api_identity, r), request_key(inner.identity(), r)])
+    assert not pools.get(request_key(api_identity, r))  # nothing stored as Claude's
+    assert len(pools[request_key(inner.identity(), r)]) == 2
