@@ -62,7 +62,7 @@ def resolve_model(spec: str) -> ModelSource:
             raise ModelNotFoundError(f"{spec}: no such GGUF file")
         return ModelSource(spec, str(p.resolve().parent), p.name)
     if p.is_dir():
-        if (p / "final" / "config.json").is_file():  # an omniopd run directory
+        if any((p / "final" / f).is_file() for f in ("config.json", "adapter_config.json")):  # an omniopd run directory
             p = p / "final"
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{spec}: directory has no config.json (not a transformers model)")
