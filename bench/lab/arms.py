@@ -118,6 +118,7 @@ class StopAtBudget(TrainerCallback):
 
 # --- arms -----------------------------------------------------------------------------------
 def run_arm(arm: Arm, ctx: LabContext, student, seed: int) -> ArmResult:
+    start_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
     student = copy.deepcopy(student)
     t0 = time.perf_counter()
     if arm.kind == "none":
@@ -132,7 +133,8 @@ def run_arm(arm: Arm, ctx: LabContext, student, seed: int) -> ArmResult:
         raise ValueError(f"unknown arm kind {arm.kind!r}")
     train_s = time.perf_counter() - t0
     acc = ctx.held_out_accuracy(student)
-    return ArmResult(arm.name, seed, acc, int(tokens), train_s, steps, extra)
+    moved = sum(float((v.detach() - start_weights[k]).float().norm()) ** 2 for k, v in student.state_dict().items()) ** 0.5
+    return ArmResult(arm.name, seed, acc, int(tokens), train_s, steps, {**extra, "weights_moved_l2": moved})
 
 
 def collect_teacher_solutions(ctx: LabContext, budget: int, seed: int) -> tuple[list[tuple[str, str]], int]:
@@ -201,6 +203,9 @@ def _opd(ctx: LabContext, student, seed: int) -> tuple[int, int, dict]:
         processing_class=ctx.tokenizer,
         callbacks=[StopAtBudget(lambda: CountingDistillationTrainer.scored, s.budget_tokens)],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # one dict per step on stdout otherwise
     trainer.train()
     student.eval()
     return CountingDistillationTrainer.scored, trainer.state.global_step, {}

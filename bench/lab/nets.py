@@ -109,6 +109,6 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int, batch_siz
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses

@@ -54,7 +54,7 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "tiny": Scale(n_train=200, n_test=16, teacher=NetSize(32, 1, 2, 64), teacher_steps=20, teacher_lr=3e-3,
+    "tiny": Scale(n_train=200, n_test=16, teacher=NetSize(32, 1, 2, 64), teacher_steps=10, teacher_lr=3e-3,
                   student=NetSize(16, 1, 2, 32), student_steps=5, student_lr=3e-3, budget_tokens=600, arm_lr=1e-3,
                   arm_batch=8, sft_epochs=1, prompts_per_step=2, generations=2, teacher_samples=2, chunk_tokens=6,
                   chunks_per_completion=2, max_arm_steps=2, max_new_tokens=32, eval_batch=16, seeds=1, batch_size=8),
