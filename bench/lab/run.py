@@ -59,7 +59,7 @@ SCALES: dict[str, Scale] = {
                   arm_batch=8, sft_epochs=1, prompts_per_step=2, generations=2, teacher_samples=2, chunk_tokens=6,
                   chunks_per_completion=2, max_arm_steps=2, max_new_tokens=32, eval_batch=16, seeds=1, batch_size=8),
     "small": Scale(n_train=4000, n_test=200, teacher=NetSize(128, 4, 4, 384), teacher_steps=900, teacher_lr=3e-3,
-                   student=NetSize(64, 2, 4, 192), student_steps=150, student_lr=3e-3, budget_tokens=24000, arm_lr=5e-4,
+                   student=NetSize(64, 2, 4, 192), student_steps=150, student_lr=3e-3, budget_tokens=16000, arm_lr=5e-4,
                    arm_batch=16, sft_epochs=2, prompts_per_step=4, generations=4, teacher_samples=4, chunk_tokens=8,
                    chunks_per_completion=2, max_arm_steps=200),
     "large": Scale(n_train=40000, n_test=1000, teacher=NetSize(384, 8, 8, 1152), teacher_steps=8000, teacher_lr=1e-3,
@@ -133,13 +133,19 @@ def weak_student(ctx, seed: int):
     return student
 
 
-def run_lab(scale: Scale, workdir: Path, arm_names: list[str], seeds: int, retrain_teacher: bool = False) -> dict:
+def run_lab(scale: Scale, workdir: Path, arm_names: list[str], seeds: int, retrain_teacher: bool = False,
+            on_result=None) -> dict:
+    """Every arm x seed; `on_result(partial_report)` is called after each one (progress saving)."""
     from bench.lab import arms as armmod
 
     t_start = time.perf_counter()
     ctx, teacher_info = prepare(scale, workdir, retrain_teacher=retrain_teacher)
     _log(f"teacher held-out accuracy {teacher_info['accuracy']:.3f}")
-    results = []
+    results: list[dict] = []
+
+    def report() -> dict:
+        return {"scale": dataclasses.asdict(scale), "teacher": teacher_info, "seeds": seeds, "arms": arm_names,
+                "results": list(results), "total_s": time.perf_counter() - t_start}
     for seed in range(seeds):
         t0 = time.perf_counter()
         student = weak_student(ctx, seed)
@@ -149,8 +155,9 @@ def run_lab(scale: Scale, workdir: Path, arm_names: list[str], seeds: int, retra
             results.append(dataclasses.asdict(r))
             _log(f"seed {seed} {name:<16} acc {r.accuracy:.3f}  teacher tokens {r.teacher_tokens:>7}  "
                  f"steps {r.steps:>4}  {r.wall_s:.0f}s")
-    return {"scale": dataclasses.asdict(scale), "teacher": teacher_info, "seeds": seeds, "arms": arm_names,
-            "results": results, "total_s": time.perf_counter() - t_start}
+            if on_result is not None:
+                on_result(report())
+    return report()
 
 
 def summarize(report: dict) -> list[dict]:
@@ -158,6 +165,8 @@ def summarize(report: dict) -> list[dict]:
     rows = []
     for name in report["arms"]:
         rs = [r for r in report["results"] if r["arm"] == name]
+        if not rs:
+            continue
         accs = [r["accuracy"] for r in rs]
         se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
         rows.append({"arm": name, "accuracy": statistics.fmean(accs), "se": se, "n": len(accs),
@@ -206,6 +215,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from bench.lab.arms import ARMS
 
@@ -223,12 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     scale = SCALES[args.scale]
     seeds = args.seeds or scale.seeds
     out = Path(args.out or f"runs/lab/{args.scale}")
-    report = run_lab(scale, out, args.arms.split(","), seeds, retrain_teacher=args.retrain_teacher)
-    report["command"] = "python -m bench.lab.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    md = table_md(report)
-    (out / "results.md").write_text(md + "\n")
-    plot(report, out / "accuracy_vs_tokens.png")
+    command = "python -m bench.lab.run " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save(report: dict) -> str:
+        report["command"] = command
+        (out / "results.json").write_text(json.dumps(report, indent=2))
+        md = table_md(report)
+        (out / "results.md").write_text(md + "\n")
+        plot(report, out / "accuracy_vs_tokens.png")
+        return md
+
+    report = run_lab(scale, out, args.arms.split(","), seeds, retrain_teacher=args.retrain_teacher, on_result=save)
+    md = save(report)
     print(md)
     print(f"wrote {out}/results.json, results.md, accuracy_vs_tokens.png")
     return 0
