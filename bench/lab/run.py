@@ -226,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     p.add_argument("--out", default=None, help="output directory (default runs/lab/<scale>)")
     p.add_argument("--retrain-teacher", action="store_true", help="ignore a cached teacher")
+    p.add_argument("--budget", type=int, default=None, help="teacher output tokens per arm (default: the scale's)")
+    p.add_argument("--arm-lr", type=float, default=None, help="learning rate of every arm (default: the scale's)")
     args = p.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    scale = SCALES[args.scale]
+    changes = {k: v for k, v in (("budget_tokens", args.budget), ("arm_lr", args.arm_lr)) if v is not None}
+    scale = scale_with(args.scale, **changes)
     seeds = args.seeds or scale.seeds
     out = Path(args.out or f"runs/lab/{args.scale}")
     command = "python -m bench.lab.run " + " ".join(sys.argv[1:] if argv is None else argv)
