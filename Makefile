@@ -29,12 +29,10 @@ $(VENV)/.omniopd-server-installed: $(VENV)/.omniopd-installed
 	touch $@
 
 # A short real distillation: packaged SmolLM2-135M-Instruct student and local teacher, packaged
-# MiniLM embedder, packaged demo prompts. Small chunk/sample counts so it ends in minutes on a CPU.
+# MiniLM embedder, packaged demo prompts; omniopd/data/demo.yaml keeps it to minutes on a CPU.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(OFFLINE) $(VENV)/bin/omniopd train --output $(DEMO_DIR) --max-steps 3 \
-		--prompts-per-step 1 --generations 2 --max-new-tokens 96 \
-		--chunk-tokens 24 --chunks-per-completion 2 --teacher-samples 4
+	$(OFFLINE) $(VENV)/bin/omniopd train --config omniopd/data/demo.yaml --output $(DEMO_DIR)
 
 test: install install-server
 	$(OFFLINE) $(PY) -m pytest -q

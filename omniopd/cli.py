@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from omniopd.errors import OmniOPDError
 
@@ -18,6 +19,8 @@ from omniopd.errors import OmniOPDError
 COMMANDS: dict[str, str] = {
     "train": "omniopd.cli_train",
     "eval": "omniopd.cli_eval",
+    "teacher": "omniopd.cli_teacher",
+    "cache": "omniopd.cli_cache",
 }
 
 
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # No hub, no telemetry: every model this tool loads is local unless the user says otherwise.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # transformers 5 / TRL deprecation notices about their own internals: nothing a user can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)\.")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from omniopd.train import run_train, summarize
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "sentence_transformers"):
+    for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = config_from_args(args)
     result = run_train(cfg)

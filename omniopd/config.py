@@ -72,6 +72,9 @@ class TeacherConfig:
     timeout_s: float = knob(60.0, "per-request timeout, seconds", flag="--teacher-timeout")
     deadline_s: float = knob(300.0, "give up retrying one request after this many seconds", flag="--teacher-deadline")
     max_attempts: int = knob(8, "attempts per request before giving up", flag="--teacher-max-attempts")
+    continuation: str = knob("auto", "how the prefix is continued; auto = the capability table's choice (raw needs --teacher-template)", flag="--teacher-continuation", choices=("auto", "raw", "continue_final", "prefill", "instruct"))
+    template: str | None = knob(None, "openai-compatible: tokenizer (dir, .gguf, 'smollm2') whose chat template the server's model uses; enables raw /v1/completions continuation", flag="--teacher-template")
+    max_n: int | None = knob(None, "samples per request at most; unset = the capability table's value", flag="--teacher-max-n")
 
     def __post_init__(self) -> None:
         _check(bool(self.spec), "teacher.spec", "must not be empty")
@@ -85,6 +88,8 @@ class TeacherConfig:
         _check(self.timeout_s > 0, "teacher.timeout_s", f"must be > 0; got {self.timeout_s}")
         _check(self.deadline_s > 0, "teacher.deadline_s", f"must be > 0; got {self.deadline_s}")
         _check(self.max_attempts >= 1, "teacher.max_attempts", f"must be >= 1; got {self.max_attempts}")
+        _check_choice(self.continuation, "teacher.continuation", ("auto", "raw", "continue_final", "prefill", "instruct"))
+        _check(self.max_n is None or self.max_n >= 1, "teacher.max_n", f"must be >= 1; got {self.max_n}")
 
 
 @dataclass
@@ -149,6 +154,55 @@ class LearnerConfig:
         _check(self.max_steps >= 1, "learner.max_steps", f"must be >= 1; got {self.max_steps}")
 
 
+METHOD_CHOICES = ("omniopd", "opd", "sg-opd", "tropd")
+DRIFT_GATE_CHOICES = ("off", "block", "newline")
+
+
+@dataclass
+class MethodConfig:
+    """Which distillation method trains the student, and the knobs of each (docs/methods.md)."""
+
+    name: str = knob("omniopd", "method: omniopd (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer)", flag="--method", choices=METHOD_CHOICES)
+    drift_gate: str = knob("off", "blockwise policy-drift gate on the per-token loss: off, block (fixed blocks), newline (lines)", choices=DRIFT_GATE_CHOICES)
+    gate_block_tokens: int = knob(64, "tokens per block of the drift gate (the paper: 64)")
+    gate_tau: float = knob(1.0, "drift gate temperature tau in g = exp(-tau * |mean drift|) (the paper: 1)")
+    verifier_gate: bool = knob(False, "omniopd: scale chunk weights by the verifier (x correct-scale if the answer is right, x wrong-scale if wrong)")
+    verifier: str = knob("math", "verifier for sg-opd and --verifier-gate: math (final answer vs --answer-field, via math-verify)", choices=("math",))
+    verifier_correct_scale: float = knob(1.8, "--verifier-gate: chunk-weight factor on completions verified correct (extrapolate)")
+    verifier_wrong_scale: float = knob(0.5, "--verifier-gate: chunk-weight factor on completions verified wrong (interpolate)")
+    sg_agree: float = knob(1.8, "sg-opd: lambda where the teacher signal's sign agrees with the verifier direction")
+    sg_disagree: float = knob(1.0, "sg-opd: lambda where it disagrees")
+    sg_rho0: float = knob(0.5, "sg-opd: initial share of each prompt's completions replaced by verified teacher completions")
+    sg_phase_fraction: float = knob(0.1, "sg-opd: teacher-sampling phase length P as a fraction of --max-steps (0 disables)")
+    tropd_membership: str = knob("bernoulli", "tropd: trusted ~ Bernoulli(p) or p >= --tropd-threshold", choices=("bernoulli", "threshold"))
+    tropd_threshold: float = knob(0.5, "tropd: trust threshold for --tropd-membership threshold")
+    tropd_outliers: str = knob("forward_kl", "tropd: outlier tokens get forward KL over the teacher's top-k, are masked, or have their signal clipped", choices=("forward_kl", "mask", "clip"))
+    tropd_clip: float = knob(2.0, "tropd: with --tropd-outliers clip, outlier advantages are max(signal, -clip)")
+    tropd_top_k: int = knob(64, "tropd: teacher top-k tokens in the outlier forward KL (the paper: 64)")
+    tropd_guidance_share: float = knob(0.5, "tropd: initial share of a teacher completion given as prefix (cosine to 0; 0 disables guidance)")
+    tropd_guidance_weight: float = knob(1e-3, "tropd: initial imitation weight on the teacher prefix (cosine to 0)")
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "method.name", METHOD_CHOICES)
+        _check_choice(self.drift_gate, "method.drift_gate", DRIFT_GATE_CHOICES)
+        _check(self.gate_block_tokens >= 1, "method.gate_block_tokens", f"must be >= 1; got {self.gate_block_tokens}")
+        _check(self.gate_tau >= 0, "method.gate_tau", f"must be >= 0; got {self.gate_tau}")
+        _check(not self.verifier_gate or self.name == "omniopd", "method.verifier_gate",
+               f"applies to --method omniopd only (sg-opd has its own sign gate); got --method {self.name}")
+        _check_choice(self.verifier, "method.verifier", ("math",))
+        _check(self.verifier_correct_scale >= 0 and self.verifier_wrong_scale >= 0, "method.verifier_*_scale", "must be >= 0")
+        _check(self.sg_agree >= 0 and self.sg_disagree >= 0, "method.sg_agree/sg_disagree", "must be >= 0")
+        _check(0 <= self.sg_rho0 <= 1, "method.sg_rho0", f"must be in [0, 1]; got {self.sg_rho0}")
+        _check(0 <= self.sg_phase_fraction <= 1, "method.sg_phase_fraction", f"must be in [0, 1]; got {self.sg_phase_fraction}")
+        _check_choice(self.tropd_membership, "method.tropd_membership", ("bernoulli", "threshold"))
+        _check(0 < self.tropd_threshold <= 1, "method.tropd_threshold", f"must be in (0, 1]; got {self.tropd_threshold}")
+        _check_choice(self.tropd_outliers, "method.tropd_outliers", ("forward_kl", "mask", "clip"))
+        _check(self.tropd_clip > 0, "method.tropd_clip", f"must be > 0; got {self.tropd_clip}")
+        _check(self.tropd_top_k >= 1, "method.tropd_top_k", f"must be >= 1; got {self.tropd_top_k}")
+        _check(0 <= self.tropd_guidance_share < 1, "method.tropd_guidance_share", f"must be in [0, 1); got {self.tropd_guidance_share}")
+        _check(self.tropd_guidance_weight >= 0, "method.tropd_guidance_weight", f"must be >= 0; got {self.tropd_guidance_weight}")
+
+
 @dataclass
 class OutputConfig:
     dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
@@ -164,6 +218,21 @@ class OutputConfig:
 
 
 @dataclass
+class CacheConfig:
+    path: str | None = knob(None, "teacher-sample cache file (SQLite); unset = the user-level teacher.sqlite in $OMNIOPD_CACHE_DIR, else $OMNIOPD_HOME, else $XDG_CACHE_HOME/omniopd, else ~/.cache/omniopd", flag="--cache")
+    mode: str = knob("read-write", "read-write: serve stored samples and store new ones; read-only: serve, never write; off: no cache", flag="--cache-mode", choices=("read-write", "read-only", "off"))
+    replay: str | None = knob(None, "retrain offline from a recorded run (its directory or episodes.sqlite): no teacher is constructed, no network", flag="--replay")
+    strict_replay: bool = knob(False, "with --replay, fail on a fork whose teacher samples were not recorded (default: skip that fork and report it)", flag="--strict-replay")
+    no_episodes: bool = knob(False, "do not record episodes (rollouts, forks, sample ids, weights) in the run directory", flag="--no-episodes")
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, "cache.mode", ("read-write", "read-only", "off"))
+        _check(self.path is None or bool(self.path.strip()), "cache.path", "must not be empty (leave it unset for the user-level cache)")
+        _check(self.replay is None or bool(self.replay.strip()), "cache.replay", "must not be empty")
+        _check(not self.strict_replay or self.replay is not None, "cache.strict_replay", "only applies with --replay RUN_DIR")
+
+
+@dataclass
 class TrainConfig:
     """Everything `omniopd train` needs; the YAML file has one mapping per section."""
 
@@ -173,7 +242,9 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

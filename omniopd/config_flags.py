@@ -25,11 +25,13 @@ def _parse_optional(base: type):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Add `--config` and one flag per knob, grouped by section."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """Add `--config` and one flag per knob, grouped by section (all sections, or only `sections`)."""
     parser.add_argument("--config", default=None, help="YAML config file (sections: " + ", ".join(SECTIONS) + ")")
     seen: set[str] = set()
     for section, cls in SECTIONS.items():
+        if sections is not None and section not in sections:
+            continue
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):

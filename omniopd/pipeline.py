@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
-from omniopd.errors import BudgetExceededError, TeacherResponseError, TeacherUnavailableError
+from omniopd.errors import (BudgetExceededError, CacheMissError, ReplayError, TeacherResponseError,
+                            TeacherUnavailableError)
 from omniopd.rollouts import Rollouts
 from omniopd.scoring import k_F, pibar_F, pihat_F, trim_to_chars
 from omniopd.similarity import PhiFn
@@ -83,7 +85,7 @@ class Pipeline:
     def __init__(self, teacher: Teacher, tokenizer, scheduler: ForkScheduler, phi: PhiFn, *, samples: int = 10,
                  alpha: float = 1.0, trim_slack: float = 0.2, token_factor: float = 1.3,
                  teacher_temperature: float | None = None, max_usd: float | None = None,
-                 recorder: EpisodeRecorder | None = None):
+                 recorder: EpisodeRecorder | None = None, progress: bool = False, skip_missing: bool = False):
         self.teacher = teacher
         self.tokenizer = tokenizer
         self.scheduler = scheduler
@@ -95,9 +97,13 @@ class Pipeline:
         self.teacher_temperature = teacher_temperature
         self.max_usd = max_usd
         self.recorder = recorder
+        self.progress = progress
+        # replay: a fork whose samples were never recorded (CacheMissError) is dropped from the
+        # step (skip_missing) or stops the run (--strict-replay)
+        self.skip_missing = skip_missing
+        self.replay_missed_forks = 0
         self.spent_usd = 0.0
         self.teacher_samples_total = 0
-        self.timings: dict[str, float] = {"scheduler": 0.0, "teacher": 0.0, "scorer": 0.0}
         self._loop = asyncio.new_event_loop()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -126,7 +132,6 @@ class Pipeline:
                     max_tokens=self.teacher_max_tokens, temperature=self.teacher_temperature,
                 ))
         t1 = time.perf_counter()
-        self.timings["scheduler"] += t1 - t0
 
         if requests and self.max_usd is not None and self.spent_usd >= self.max_usd:
             raise BudgetExceededError(
@@ -134,6 +139,7 @@ class Pipeline:
                 "the run stopped cleanly — raise the limit and rerun with --resume to continue"
             )
         results = self._loop.run_until_complete(self._sample_all(requests))
+        chunks, results, starts = self._drop_missed(chunks, results, starts)
         step_cost = 0.0
         for c, res in zip(chunks, results):
             if isinstance(res, BaseException):
@@ -145,7 +151,6 @@ class Pipeline:
             step_cost += sum(s.cost_usd for s in res if not s.extra.get("cached"))
         self.spent_usd += step_cost
         t2 = time.perf_counter()
-        self.timings["teacher"] += t2 - t1
 
         phi_rows = self.phi([c.student_text for c in chunks], [c.teacher_texts for c in chunks]) if chunks else []
         for c, row in zip(chunks, phi_rows):
@@ -161,31 +166,57 @@ class Pipeline:
                 c.pibar, c.pihat = pb, ph
         adv, amask = advantages_B_T(tuple(rollouts.completion_ids.shape), chunks, rollouts.completion_ids.device)
         t3 = time.perf_counter()
-        self.timings["scorer"] += t3 - t2
 
         n_samples = sum(len(c.samples) for c in chunks)
         self.teacher_samples_total += n_samples
-        metrics = _step_metrics(chunks, rollouts, amask, n_samples, step_cost, self.spent_usd, self.samples)
+        metrics = _step_metrics(chunks, rollouts, amask, n_samples, step_cost, self.spent_usd)
+        metrics.update(scheduler_seconds=t1 - t0, teacher_seconds=t2 - t1, scorer_seconds=t3 - t2)
+        metrics["replay_missed_forks"] = float(self.replay_missed_forks)
         if self.recorder is not None:
             self.recorder.record_step(step, episode_dict(rollouts, starts, chunks))
         return AuditResult(adv, amask, chunks, starts, metrics)
 
+    def _drop_missed(self, chunks: list[ChunkAudit], results: list, starts: list[list[int]]):
+        """Replay: forks whose teacher samples were not recorded leave the step (counted, logged)."""
+        missed = [c for c, r in zip(chunks, results) if isinstance(r, CacheMissError)]
+        if not missed:
+            return chunks, results, starts
+        self.replay_missed_forks += len(missed)
+        log.warning("replay: %d forks had no recorded teacher samples and were skipped (%d so far)",
+                    len(missed), self.replay_missed_forks)
+        gone = {(c.row, c.start) for c in missed}
+        kept = [(c, r) for c, r in zip(chunks, results) if not isinstance(r, CacheMissError)]
+        starts = [[s for s in ss if (b, s) not in gone] for b, ss in enumerate(starts)]
+        return [c for c, _ in kept], [r for _, r in kept], starts
+
     async def _sample_all(self, requests: list[TeacherRequest]) -> list[list[TeacherSample] | BaseException]:
+        bar = tqdm(total=len(requests), desc="teacher", unit="chunk", leave=False, disable=not self.progress or not requests)
+
         async def one(req: TeacherRequest):
             try:
                 return await self.teacher.sample(req)
             except _PER_CHUNK_FAILURES as exc:
                 return exc
+            except CacheMissError as exc:
+                if self.skip_missing:
+                    return exc
+                raise ReplayError(f"--strict-replay: {exc}. Drop --strict-replay to skip such forks, or replay with "
+                                  "the scheduler and teacher settings of the recorded run") from exc
+            finally:
+                bar.update(1)
 
-        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        finally:
+            bar.close()
         for r in results:  # configuration-level failures (auth, quota, budget, bugs) stop the step
-            if isinstance(r, BaseException) and not isinstance(r, _PER_CHUNK_FAILURES):
+            if isinstance(r, BaseException) and not isinstance(r, (*_PER_CHUNK_FAILURES, CacheMissError)):
                 raise r
         return results
 
 
 def _step_metrics(chunks: list[ChunkAudit], rollouts: Rollouts, amask: torch.Tensor, n_samples: int,
-                  step_cost: float, spent: float, n_target: int) -> dict[str, float]:
+                  step_cost: float, spent: float) -> dict[str, float]:
     valid = rollouts.completion_mask.bool()
     pihat = [c.pihat for c in chunks]
     kn = [sum(c.phi) / len(c.phi) for c in chunks if c.phi]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 
@@ -26,8 +27,9 @@ def entropy_B(logp_B_V: torch.Tensor) -> torch.Tensor:
 class _Recorder(LogitsProcessor):
     """Applies the temperature and records log pi(y_t) and H_t of the final distribution."""
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float, progress=None):
         self.temperature = temperature
+        self.progress = progress
         self.entropy: list[torch.Tensor] = []
         self.logprob: list[torch.Tensor] = []
         self._pending: torch.Tensor | None = None
@@ -44,6 +46,8 @@ class _Recorder(LogitsProcessor):
         logp = torch.log_softmax(scores.float(), dim=-1)
         self.entropy.append(entropy_B(logp))
         self._pending = logp
+        if self.progress is not None:
+            self.progress.update(1)
         return scores
 
 
@@ -87,8 +91,11 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
-                      generator_seed: int | None = None) -> Rollouts:
-    """Sample one completion per prompt (a list of chat messages) and record logprobs/entropies."""
+                      generator_seed: int | None = None, progress: bool = False) -> Rollouts:
+    """Sample one completion per prompt (a list of chat messages) and record logprobs/entropies.
+
+    `progress` shows a bar over generated positions (the batch advances one token per step).
+    """
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     side = tokenizer.padding_side
@@ -97,7 +104,8 @@ def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_to
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     finally:
         tokenizer.padding_side = side
-    recorder = _Recorder(temperature)
+    bar = tqdm(total=max_new_tokens, desc=f"rollouts ({len(prompts)})", unit="tok", leave=False, disable=not progress)
+    recorder = _Recorder(temperature, bar)
     eos = eos_token_ids(model, tokenizer)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -114,6 +122,7 @@ def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_to
         eos_token_id=sorted(eos),
         return_dict_in_generate=True,
     )
+    bar.close()
     completion_ids = out.sequences[:, enc["input_ids"].size(1):]
     T = completion_ids.size(1)
     recorder._settle(completion_ids[:, -1])  # the last step's token has no later call to settle it

@@ -7,6 +7,7 @@ path on tiny models built in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -85,7 +86,7 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
 
 
 def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi=None, recorder=None,
-              extra_callbacks: list | None = None, echo: bool = True) -> TrainResult:
+              extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
     """Run `omniopd train` with a resolved config (see module docstring)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from datasets import Dataset
@@ -118,15 +119,34 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         model, tokenizer = load_causal_lm(cfg.student.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if teacher is None:
-        teacher = build_teacher(cfg.teacher)
-    if phi is None:
-        phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
-    sched = ForkScheduler(cfg.scheduler.chunk_tokens, cfg.scheduler.chunks_per_completion,
-                          cfg.scheduler.batch_budget, cfg.scheduler.selection)
-    pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
-                        trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
-                        teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder)
+    # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
+    from omniopd.run_cache import ReplayRollouts, open_run_cache
+
+    given_teacher = teacher
+    run_cache = open_run_cache(cfg, out, lambda: given_teacher if given_teacher is not None else build_teacher(cfg.teacher),
+                               recorder)
+    teacher, recorder, replay_rollouts = run_cache.teacher, run_cache.recorder, None
+    if run_cache.replay is not None:
+        if cfg.method.name != "omniopd":
+            raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
+                              "it needs the live teacher's log-probabilities; replay with --method omniopd")
+        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations)
+        if cfg.learner.max_steps > len(replay_rollouts):
+            log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
+            cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
+    # ---
+    pipeline = None
+    if cfg.method.name == "omniopd":
+        if phi is None:
+            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
+        sched = ForkScheduler(cfg.scheduler.chunk_tokens, cfg.scheduler.chunks_per_completion,
+                              cfg.scheduler.batch_budget, cfg.scheduler.selection)
+        pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
+                            trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
+                            teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
+                            progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
+    # white-box methods read the teacher model itself, not the cache in front of it
+    method, drift_gate = build_method(cfg, tokenizer, getattr(teacher, "inner", None) or teacher, pipeline, rows, verifier)
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
@@ -142,8 +162,12 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         peft_config=peft_config,
         callbacks=[metrics, *(extra_callbacks or [])],
         pipeline=pipeline,
-        kl_beta=cfg.learner.beta,
+        kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
+        progress=echo,
+        replay=replay_rollouts,
+        method=method,
+        drift_gate=drift_gate,
     )
     stopped = None
     try:
@@ -153,15 +177,71 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         trainer._save_checkpoint(trainer.model, trial=None)
         log.warning("%s", exc)
     finally:
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
+        if method is not None:
+            method.close()
+        run_cache.close()
+        if run_cache.summary():
+            log.info("%s", run_cache.summary())
     final_dir = None
     if stopped is None:
         final_dir = out / "final"
         trainer.save_model(str(final_dir))
         tokenizer.save_pretrained(str(final_dir))
-    result = TrainResult(out, final_dir, trainer.state.global_step, stopped, pipeline.teacher_samples_total,
-                         pipeline.spent_usd)
+    result = TrainResult(out, final_dir, trainer.state.global_step, stopped,
+                         pipeline.teacher_samples_total if pipeline else 0, pipeline.spent_usd if pipeline else 0.0)
     return result
+
+
+def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
+    """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (docs/methods.md).
+
+    Plain OmniOPD keeps the learner's own audit path (None). White-box methods check teacher
+    access here, before any model trains: an API teacher or a different tokenizer is a
+    `TeacherAccessError` naming the methods that work.
+    """
+    import torch
+
+    from omniopd.methods.drift_gate import DriftGate
+    from omniopd.methods.signals import MethodSignals
+
+    M = cfg.method
+    gate = DriftGate.build(M.drift_gate, tokenizer, block=M.gate_block_tokens, tau=M.gate_tau)
+    if M.name == "omniopd" and not M.verifier_gate:
+        return None, gate
+    needs_answers = M.name == "sg-opd" or M.verifier_gate
+    if needs_answers and not any(r.get("answer") for r in rows):
+        flag = "--method sg-opd" if M.name == "sg-opd" else "--verifier-gate"
+        raise ConfigError(f"{flag} needs reference answers for its verifier: set --answer-field (GSM8K: answer)")
+    if needs_answers and verifier is None:
+        from omniopd.methods.verifier import VERIFIERS
+
+        verifier = VERIFIERS[M.verifier]
+        verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
+    whitebox = None
+    if M.name != "omniopd":
+        whitebox = _whitebox(cfg, teacher, tokenizer)
+    generator = torch.Generator().manual_seed(cfg.learner.seed)
+    return MethodSignals(M, tokenizer, group_size=cfg.student.generations, max_new_tokens=cfg.student.max_new_tokens,
+                         total_steps=cfg.learner.max_steps, pipeline=pipeline, whitebox=whitebox, teacher=teacher,
+                         verifier=verifier, temperature=cfg.student.temperature, generator=generator), gate
+
+
+def _whitebox(cfg: TrainConfig, teacher, tokenizer):
+    """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
+    from providers.whitebox import whitebox_for
+
+    kind, _, model = cfg.teacher.spec.partition(":")
+    if kind == "openai-compatible" and cfg.teacher.base_url:
+        from providers.retry import RetryPolicy
+        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
+
+        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
+        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
+                                            policy=policy, spec=cfg.teacher.spec)
+        return whitebox_for(scorer, tokenizer, cfg.method.name)
+    return whitebox_for(teacher, tokenizer, cfg.method.name)
 
 
 def summarize(result: TrainResult) -> str:

@@ -50,13 +50,18 @@ class LocalTeacher:
         }
         eos = model.generation_config.eos_token_id
         self._eos = sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id})
-        self._totals = {"requests": 0, "samples": 0, "input_tokens": 0.0, "output_tokens": 0.0, "cost_usd": 0.0}
+        self._totals = {"requests": 0, "samples": 0, "input_tokens": 0.0, "output_tokens": 0.0, "cost_usd": 0.0,
+                        "scored_tokens": 0.0}
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
     def usage_totals(self) -> dict[str, float]:
         return dict(self._totals)
+
+    def record_scored_tokens(self, n: int) -> None:
+        """White-box use (providers/whitebox.py): completion tokens this model scored for OPD-type methods."""
+        self._totals["scored_tokens"] += float(n)
 
     async def aclose(self) -> None:
         return None

@@ -21,11 +21,23 @@ def build_local_teacher(model_spec: str, spec: str | None = None) -> Teacher:
 
 
 def build_teacher(cfg: "TeacherConfig", spec: str | None = None) -> Teacher:
-    """Build the teacher named by `spec` (default `cfg.spec`)."""
+    """Build the teacher named by `spec` (default `cfg.spec`).
+
+    API specs (aliases like `claude-haiku`, `anthropic:M`, `openai:M`, `gemini:M`,
+    `openai-compatible:M`) are wrapped in a `FallbackTeacher` that continues on `cfg.fallback`
+    (built only if needed) unless `cfg.no_fallback`.
+    """
+    from providers.api_registry import build_api_teacher_with_fallback, is_api_spec, parse_spec
+
     spec = spec or cfg.spec
     kind, _, rest = spec.partition(":")
     if kind == "local":
         if not rest:
             raise ConfigError("teacher.spec: 'local:' needs a model, e.g. local:smollm2 or local:/path/to/model")
         return build_local_teacher(rest, spec)
-    raise ConfigError(f"teacher.spec: unknown teacher {spec!r}; use local:ID_OR_PATH")
+    if is_api_spec(spec):
+        if not cfg.fallback.startswith("local:"):
+            raise ConfigError(f"--fallback-teacher {cfg.fallback!r}: must be a local:ID_OR_PATH teacher")
+        return build_api_teacher_with_fallback(cfg, spec, lambda: build_teacher(cfg, cfg.fallback))
+    parse_spec(spec)  # raises a ConfigError listing every accepted form
+    raise AssertionError("unreachable")

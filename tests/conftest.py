@@ -21,7 +21,13 @@ def tiny_model(tiny_tok):
     return tiny_llama(tiny_tok)
 
 
+@pytest.fixture(scope="session")
+def _session_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("omniopd-home")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    """Per-test OMNIOPD_HOME so model conversions and default caches never touch the user's."""
-    monkeypatch.setenv("OMNIOPD_HOME", str(tmp_path / "omniopd-home"))
+def _isolated_home(_session_home, monkeypatch):
+    """OMNIOPD_HOME inside the test session's temp dir: model conversions and default caches never
+    touch the user's, and the packaged GGUF is converted once per session, not once per test."""
+    monkeypatch.setenv("OMNIOPD_HOME", str(_session_home))

@@ -53,7 +53,7 @@ def test_training_makes_high_weight_chunk_more_likely(tmp_path, tiny_tok):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().strip().splitlines()
     assert len(lines) == 3
     # parameters changed
-    moved = sum(float((p - q).abs().sum()) for p, q in zip(student.parameters(), base.parameters()))
+    moved = sum(float((p - q).detach().abs().sum()) for p, q in zip(student.parameters(), base.parameters()))
     assert moved > 0
     # the chunk with the highest pihat in step 0 is more likely under the trained student
     _, ep = rec.steps[0]
@@ -100,3 +100,30 @@ def test_exact_kl_is_zero_for_identical_and_positive_otherwise():
     assert (kl > 0).all()
     manual = (a[0, 0].exp() * (a[0, 0] - b[0, 0])).sum()
     assert kl[0, 0].item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_lora_uses_the_disabled_adapter_as_reference(tmp_path, tiny_tok):
+    cfg = build_config({
+        "student": {"generations": 2, "max_new_tokens": 20, "lora_r": 4, "lora_alpha": 8},
+        "scheduler": {"chunk_tokens": 5, "chunks_per_completion": 2},
+        "teacher": {"samples": 2},
+        "scorer": {"similarity": "rouge1"},
+        "learner": {"max_steps": 2, "learning_rate": 5e-2, "prompts_per_step": 1},
+        "output": {"dir": str(tmp_path / "lora"), "save_steps": 100},
+    })
+    student = tiny_llama(tiny_tok, seed=0)
+    base_state = {k: v.clone() for k, v in student.state_dict().items()}
+    result = run_train(cfg, model=student, tokenizer=tiny_tok,
+                       teacher=LocalTeacher(tiny_llama(tiny_tok, seed=1), tiny_tok), echo=False)
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # adapter starts as a no-op (B = 0)
+    assert rows[1]["kl"] > 0  # after one update the adapted policy has left the reference
+    assert (result.final_dir / "adapter_config.json").is_file()
+    # the base weights themselves were never touched: no second copy needed for the reference
+    # (PEFT injected the adapter into `student` in place; its frozen base weights keep their values)
+    after = {k.replace(".base_layer", ""): v for k, v in student.state_dict().items() if "lora_" not in k}
+    assert after.keys() == base_state.keys()
+    assert all(torch.equal(after[k], base_state[k]) for k in base_state)
+    assert any("lora_" in k for k in student.state_dict())

@@ -1,0 +1,358 @@
+"""`CachedTeacher`: every teacher call goes through the sample store.
+
+It is itself a `providers.base.Teacher`, so the pipeline wraps the real teacher and never
+knows the cache is there. For a request asking for n samples under key K:
+
+1. read K's pool (stored samples plus any not yet written, oldest first) — reads of
+   concurrent `sample()` calls in one event-loop turn are batched into one query;
+2. serve up to n from the pool; call the inner teacher only for the shortfall;
+3. hand the new samples to a writer thread that commits them in batched transactions
+   (write-behind: a batch commits within `flush_interval_s`, or at once on `flush()`).
+
+Calls for the same key are serialised, so concurrent forks with identical prefixes never pay
+twice. Every returned sample carries `extra['cache_id']` (its stable uid, hex), which episodes
+record; samples served from the store also carry `extra['cached'] = True` (already paid for:
+the pipeline leaves them out of the step's spend). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
+teacher for the rest, store nothing), `off` (call the teacher, store nothing; ids are still
+assigned). With no inner teacher (replay), a request with no stored sample raises
+`CacheMissError`; a partly stored pool is served as is (fewer than n samples, like a partial
+teacher failure) and counted as a miss.
+
+The key is `request_key(teacher.identity(), request)`: a 16-byte prefix of the sha256 over
+the teacher's identity and the request fingerprint (everything but n).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from cache.store import KEY_BYTES, Entry, SampleStore
+from omniopd.errors import CacheError, CacheMissError
+from providers.base import Teacher, TeacherRequest, TeacherSample, stable_hash
+
+CacheMode = Literal["read-write", "read-only", "off"]
+CACHE_MODES: tuple[str, ...] = ("read-write", "read-only", "off")
+_FLUSH = object()
+_STOP = object()
+
+
+def request_key(identity: dict[str, Any], request: TeacherRequest) -> bytes:
+    """The content address of a request's sample pool."""
+    return bytes.fromhex(stable_hash({"teacher": identity, "request": request.fingerprint()}))[:KEY_BYTES]
+
+
+class _Writer:
+    """A thread that commits submitted entries in batched transactions (write-behind)."""
+
+    def __init__(self, store: SampleStore, flush_interval_s: float, max_batch: int) -> None:
+        self.store = store
+        self.flush_interval_s = flush_interval_s
+        self.max_batch = max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.cond = threading.Condition()
+        self.pending: dict[bytes, list[Entry]] = {}
+        self.unfinished = 0
+        self.error: CacheError | None = None
+        self.thread = threading.Thread(target=self._run, name="omniopd-cache-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, entries: Sequence[Entry]) -> None:
+        with self.cond:
+            for e in entries:
+                self.pending.setdefault(e.key, []).append(e)
+            self.unfinished += len(entries)
+        self.queue.put(list(entries))
+
+    def pending_for(self, key: bytes) -> list[Entry]:
+        with self.cond:
+            return list(self.pending.get(key, ()))
+
+    def flush(self, counters: dict[str, Any] | None = None, timeout: float | None = None) -> None:
+        """Commit everything submitted so far (and the lookup counters); returns once on disk or failed."""
+        with self.cond:
+            self.unfinished += 1
+        self.queue.put(_Counters(counters) if counters else _FLUSH)
+        with self.cond:
+            self.cond.wait_for(lambda: self.unfinished == 0, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(_STOP)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            batch: list[Entry] = []
+            markers: list[Any] = []
+            stop = False
+            deadline = time.monotonic() + self.flush_interval_s
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    markers.append(item)
+                if stop or markers or len(batch) >= self.max_batch:
+                    break
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if stop:  # commit whatever was queued before the stop
+                while not self.queue.empty():
+                    item = self.queue.get_nowait()
+                    (batch.extend if isinstance(item, list) else markers.append)(item)
+            self._commit(batch, markers)
+            if stop:
+                return
+
+    def _commit(self, batch: list[Entry], markers: list[Any]) -> None:
+        try:
+            if batch:
+                self.store.put_many(batch)
+            for m in markers:
+                if isinstance(m, _Counters):
+                    self.store.record_lookups(**m.values)
+        except CacheError as exc:  # surfaced to the caller on its next call
+            self.error = exc
+        with self.cond:
+            for e in batch:
+                pool = self.pending.get(e.key)
+                if pool is not None:
+                    pool[:] = [p for p in pool if p.uid != e.uid]
+                    if not pool:
+                        del self.pending[e.key]
+            self.unfinished -= len(batch) + sum(m is not _STOP for m in markers)
+            self.cond.notify_all()
+
+
+@dataclasses.dataclass
+class _Counters:
+    values: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _LoopState:
+    """Per-event-loop bits (asyncio primitives are bound to the loop that first uses them)."""
+
+    locks: dict[bytes, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    users: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    reads: list[tuple[bytes, asyncio.Future]] = dataclasses.field(default_factory=list)
+    read_scheduled: bool = False
+
+
+class CachedTeacher:
+    """A `Teacher` that serves stored samples first. See the module docstring."""
+
+    def __init__(
+        self,
+        teacher: Teacher | None,
+        store: SampleStore | str | Path | None,
+        mode: CacheMode = "read-write",
+        *,
+        identity: dict[str, Any] | None = None,
+        spec: str | None = None,
+        flush_interval_s: float = 0.05,
+        max_batch: int = 1024,
+        uid_factory: Callable[[], bytes] = lambda: os.urandom(KEY_BYTES),
+        clock: Callable[[], float] = time.time,
+        session: str | None = None,
+        remember: int = 50_000,
+    ) -> None:
+        if mode not in CACHE_MODES:
+            raise CacheError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {mode!r}")
+        if teacher is None and (identity is None or mode == "off"):
+            raise CacheError("a CachedTeacher without a teacher (replay) needs the recorded teacher identity and a cache to read")
+        if mode != "off" and store is None:
+            raise CacheError(f"--cache-mode {mode} needs a cache path")
+        self.inner = teacher
+        self.mode = mode
+        self._identity = identity if identity is not None else teacher.identity()  # type: ignore[union-attr]
+        self.spec = spec or (teacher.spec if teacher is not None else str(self._identity.get("spec", "replay")))
+        self.uid_factory = uid_factory
+        self.clock = clock
+        self.session = session or uuid.uuid4().hex
+        self.started = clock()
+        self.counts = {"requested": 0, "from_cache": 0, "from_teacher": 0, "misses": 0}
+        self._remember = remember
+        self._served: OrderedDict[str, Entry] = OrderedDict()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self.store: SampleStore | None = None
+        self._writer: _Writer | None = None
+        if mode == "off":
+            return
+        if isinstance(store, SampleStore):
+            self.store = store
+        else:
+            self.store = SampleStore(store, "read-write" if mode == "read-write" else "read-only", clock=clock)  # type: ignore[arg-type]
+        if mode == "read-write":
+            wstore = SampleStore(self.store.path, "read-write", clock=clock, busy_timeout_s=self.store.busy_timeout_s)
+            self._writer = _Writer(wstore, flush_interval_s, max_batch)
+            self._finalizer = weakref.finalize(self, _shutdown, self._writer)
+
+    # --- Teacher protocol ---------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return self._identity
+
+    def key(self, request: TeacherRequest) -> bytes:
+        # Key by who answers now: a teacher may change identity mid-run (a FallbackTeacher
+        # switching to its local teacher), and fallback samples must not land in the API's pool.
+        return request_key(self.inner.identity() if self.inner is not None else self._identity, request)
+
+    async def sample(self, request: TeacherRequest) -> list[TeacherSample]:
+        self._raise_writer_error()
+        self.counts["requested"] += request.n
+        if self.mode == "off":
+            fresh = await self.inner.sample(request)  # type: ignore[union-attr]
+            return self._adopt(self.key(request), fresh[: request.n])
+        key = self.key(request)
+        state = self._state()
+        lock = state.locks.setdefault(key, asyncio.Lock())
+        state.users[key] = state.users.get(key, 0) + 1
+        try:
+            async with lock:
+                return await self._sample_locked(key, request, state)
+        finally:
+            state.users[key] -= 1
+            if not state.users[key]:
+                del state.users[key], state.locks[key]
+
+    async def _sample_locked(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
+        stored = await self._lookup(key, state)
+        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
+        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
+            seen = {e.uid for e in pool}
+            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, extra={**e.sample.extra, "cached": True}))
+                     for e in self._writer.pending_for(key) if e.uid not in seen]
+            pool = pool[: request.n]
+        for e in pool:
+            self._remember_entry(e)
+        have = [e.sample for e in pool]
+        self.counts["from_cache"] += len(have)
+        missing = request.n - len(have)
+        if missing == 0:
+            return have
+        if self.inner is None:
+            self.counts["misses"] += missing
+            if not have:
+                raise CacheMissError(
+                    f"no stored teacher sample for this request (key {key.hex()}, prefix …{request.prefix[-40:]!r}); "
+                    f"replay only serves what the recorded run bought"
+                )
+            return have
+        fresh = (await self.inner.sample(request.with_n(missing)))[:missing]
+        self.counts["from_teacher"] += len(fresh)
+        return have + self._adopt(self.key(request), fresh)  # the key again: the teacher may have switched
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+        if self.inner is not None:
+            await self.inner.aclose()
+
+    # --- flushing and closing -----------------------------------------------------------------
+    def flush(self) -> None:
+        """Block until every sample handed out so far is committed; record the lookup counters."""
+        if self._writer is not None:
+            self._writer.flush({"session": self.session, "started": self.started, **self.counts})
+            self._raise_writer_error()
+
+    async def aflush(self) -> None:
+        await asyncio.to_thread(self.flush)
+
+    def close(self) -> None:
+        """Flush and release the store (the inner teacher is closed by `aclose`)."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._finalizer.detach()
+                _shutdown(self._writer)
+                self._writer = None
+            if self.store is not None:
+                self.store.close()
+
+    # --- samples by id (for the episode recorder) --------------------------------------------
+    def entries_for(self, cache_ids: Sequence[str]) -> dict[str, Entry]:
+        """The samples with these `cache_id`s that this teacher served or the store holds."""
+        out = {cid: self._served[cid] for cid in cache_ids if cid in self._served}
+        rest = [bytes.fromhex(cid) for cid in cache_ids if cid not in out]
+        if rest and self.store is not None:
+            out.update({uid.hex(): e for uid, e in self.store.by_uid(rest).items()})
+        return out
+
+    # --- internals ------------------------------------------------------------------------------
+    def _adopt(self, key: bytes, fresh: list[TeacherSample]) -> list[TeacherSample]:
+        now = self.clock()
+        entries = []
+        # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
+        for s, uid in zip(fresh, sorted(self.uid_factory() for _ in fresh)):
+            s = dataclasses.replace(s, extra={**s.extra, "cache_id": uid.hex()})
+            entries.append(Entry(key, uid, now, s))
+        for e in entries:
+            self._remember_entry(e)
+        if self._writer is not None and entries:
+            self._writer.submit(entries)
+        return [e.sample for e in entries]
+
+    def _remember_entry(self, entry: Entry) -> None:
+        cid = entry.uid.hex()
+        self._served[cid] = entry
+        self._served.move_to_end(cid)
+        while len(self._served) > self._remember:
+            self._served.popitem(last=False)
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState()
+        return state
+
+    async def _lookup(self, key: bytes, state: _LoopState) -> Sequence[Entry]:
+        """Queue a read; all reads queued in this loop turn run as one batched query."""
+        fut = asyncio.get_running_loop().create_future()
+        state.reads.append((key, fut))
+        if not state.read_scheduled:
+            state.read_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_reads, state)
+        return await fut
+
+    def _run_reads(self, state: _LoopState) -> None:
+        batch, state.reads, state.read_scheduled = state.reads, [], False
+        try:
+            found = self.store.pools([k for k, _ in batch])  # type: ignore[union-attr]
+        except CacheError as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for k, fut in batch:
+            if not fut.done():
+                fut.set_result(found.get(k, ()))
+
+    def _raise_writer_error(self) -> None:
+        if self._writer is not None and self._writer.error is not None:
+            exc, self._writer.error = self._writer.error, None
+            raise exc
+
+
+def _shutdown(writer: _Writer) -> None:
+    """Commit what is queued and stop the writer thread (also run at interpreter exit)."""
+    writer.stop()
+    writer.store.close()

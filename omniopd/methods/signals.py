@@ -1,0 +1,261 @@
+"""Per-method training signals: rollouts in, per-token advantages (and extras) out.
+
+The learner calls `MethodSignals.score(...)` once per generation batch instead of running the
+OmniOPD audit itself, and `extra_loss_B_T(...)` inside its loss. One class, one branch per
+method, all math delegated to the pure modules next to this one:
+
+| method  | teacher access     | advantages A_t                                 | extras                          |
+| ------- | ------------------ | ---------------------------------------------- | ------------------------------- |
+| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate)      | KL anchor on unaudited tokens   |
+| opd     | white-box          | log pi_T - log pi_old                          | -                               |
+| sg-opd  | white-box + verif. | lambda_t * (log pi_T - log pi_old); 1 on       | teacher rows in the cold start  |
+|         |                    | verified teacher rows                          |                                 |
+| tropd   | white-box (top-k)  | trusted: log pi_T - log pi_old; prefix: beta   | forward KL on outliers          |
+
+White-box methods train without the reference KL anchor (`audit_mask` covers every completion
+token, and the learner runs them with kl_beta = 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from omniopd.config import MethodConfig
+from omniopd.errors import TeacherError
+from omniopd.methods import opd, sg_opd, tropd
+from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
+from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
+from omniopd.methods.verifier_gate import gated_advantages_B_T
+from omniopd.rollouts import Rollouts
+from providers.base import TeacherRequest
+from providers.local import messages_from_chat
+from providers.whitebox import WhiteBoxTeacher
+
+log = logging.getLogger("omniopd")
+
+
+@dataclass
+class ScoredBatch:
+    """What the learner puts into TRL's batch: advantages (B, T) and per-row extras."""
+
+    rollouts: Rollouts
+    advantages_B_T: torch.Tensor
+    audit_mask_B_T: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class MethodSignals:
+    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance."""
+
+    def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
+                 pipeline=None, whitebox: WhiteBoxTeacher | None = None, teacher=None,
+                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None):
+        self.cfg = cfg
+        self.method = cfg.name
+        self.tokenizer = tokenizer
+        self.group_size = group_size
+        self.max_new_tokens = max_new_tokens
+        self.total_steps = total_steps
+        self.pipeline = pipeline
+        self.whitebox = whitebox
+        self.teacher = teacher
+        self.temperature = temperature
+        self.generator = generator
+        self.verifier = verifier or VERIFIERS[cfg.verifier]
+        self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self.method == "omniopd" and pipeline is None:
+            raise ValueError("method omniopd needs the OmniOPD pipeline")
+        if self.method != "omniopd" and whitebox is None:
+            raise ValueError(f"method {self.method} needs a white-box teacher (providers.whitebox.whitebox_for)")
+        if self.method in ("sg-opd", "tropd") and teacher is None:
+            raise ValueError(f"method {self.method} samples teacher completions: pass teacher=")
+
+    @property
+    def needs_logits(self) -> bool:
+        """Does the loss need the student's full log-softmax (TrOPD's outlier forward KL)?"""
+        return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
+
+    @property
+    def uses_anchor(self) -> bool:
+        return self.method == "omniopd"
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.close()
+
+    # -- the step ---------------------------------------------------------------------------
+    def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
+        if self.method == "omniopd":
+            return self._omniopd(rollouts, golds, step)
+        if self.method == "opd":
+            out = self._opd(rollouts)
+        elif self.method == "sg-opd":
+            out = self._sg_opd(rollouts, golds, step, student)
+        else:
+            out = self._tropd(rollouts, step, student)
+        # white-box cost: completion tokens the teacher scored (its "output" in budget terms)
+        out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
+        return out
+
+    def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
+        audit = self.pipeline.audit(rollouts, step=step)
+        adv, metrics = audit.advantages_B_T, dict(audit.metrics)
+        if self.cfg.verifier_gate:
+            v = verdicts_B(self.verifier, rollouts.completions, golds)
+            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+            metrics.update(_verdict_metrics(v))
+        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, metrics=metrics)
+
+    def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
+        return self.whitebox.token_logprobs(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
+                                            rollouts.completion_mask, top_k=top_k)
+
+    def _opd(self, rollouts) -> ScoredBatch:
+        mask = rollouts.completion_mask
+        t = self._teacher_scores(rollouts)
+        adv = opd.opd_advantages_B_T(t.logp_B_T, rollouts.logprobs_B_T, mask)
+        return ScoredBatch(rollouts, adv, mask.bool(), metrics=_signal_metrics(adv, mask))
+
+    def _sg_opd(self, rollouts, golds, step, student) -> ScoredBatch:
+        G = self.group_size
+        rho = sg_opd.phased_ratio(step, self.phase_steps, self.cfg.sg_rho0)
+        slots = sg_opd.teacher_slots(rho, G)
+        is_teacher = torch.zeros(len(rollouts.completions), dtype=torch.bool)
+        n_offered = 0
+        if slots > 0:
+            new_rows, n_offered = self._verified_teacher_rows(rollouts, golds, slots)
+            rollouts = with_rows(rollouts, new_rows, self.tokenizer, student)
+            is_teacher[list(new_rows)] = True
+        mask = rollouts.completion_mask
+        v = verdicts_B(self.verifier, rollouts.completions, golds)
+        direction = sg_opd.verifier_direction_B(v, G, include_B=~is_teacher)
+        t = self._teacher_scores(rollouts)
+        d = opd.teacher_signal_B_T(t.logp_B_T, rollouts.logprobs_B_T, mask)
+        gate = sg_opd.sign_gate_B_T(d, direction.to(d.device), self.cfg.sg_agree, self.cfg.sg_disagree)
+        student_rows = (~is_teacher).to(d.device).float().unsqueeze(1)
+        adv = gate * d * student_rows + sg_opd.imitation_advantages_B_T(mask, is_teacher.to(d.device))
+        metrics = _signal_metrics(d * student_rows, mask * student_rows)
+        metrics.update(_verdict_metrics(v[~is_teacher]))
+        gated = (direction != 0).to(d.device).unsqueeze(1) & mask.bool() & (d != 0)
+        metrics.update({
+            "sg_rho": rho, "sg_teacher_rows": float(is_teacher.sum()), "sg_teacher_offered": float(n_offered),
+            "sg_agree_share": float((gate[gated] == self.cfg.sg_agree).float().mean()) if gated.any() else 0.0,
+        })
+        return ScoredBatch(rollouts, adv, mask.bool(), extra={"sg_teacher_row": is_teacher.to(d.device)}, metrics=metrics)
+
+    def _verified_teacher_rows(self, rollouts, golds, slots: int) -> tuple[dict[int, list[int]], int]:
+        """Up to `slots` verifier-passed teacher completions per prompt, placed in its last rows."""
+        G = self.group_size
+        firsts = list(range(0, len(rollouts.prompts), G))
+        samples = self._sample_teacher([rollouts.prompts[b] for b in firsts], n=2 * slots)
+        new_rows: dict[int, list[int]] = {}
+        offered = 0
+        for b0, group_samples in zip(firsts, samples):
+            offered += len(group_samples)
+            ok = [s for s in group_samples if self.verifier(s.text, golds[b0])]
+            for j, s in enumerate(ok[:slots]):
+                new_rows[b0 + G - 1 - j] = text_to_completion(self.tokenizer, s.text, s.finish_reason == "stop",
+                                                              self.max_new_tokens)
+        return new_rows, offered
+
+    def _tropd(self, rollouts, step, student) -> ScoredBatch:
+        G = self.group_size
+        share = tropd.guidance_share(step, self.total_steps, self.cfg.tropd_guidance_share)
+        beta = tropd.guidance_weight(step, self.total_steps, self.cfg.tropd_guidance_weight)
+        prefix_len: dict[int, int] = {}
+        if share > 0:
+            lasts = list(range(G - 1, len(rollouts.prompts), G))
+            samples = self._sample_teacher([rollouts.prompts[b] for b in lasts], n=1)
+            prefixes = {}
+            for b, ss in zip(lasts, samples):
+                if not ss:
+                    continue
+                ids = text_to_completion(self.tokenizer, ss[0].text, ss[0].finish_reason == "stop", self.max_new_tokens)
+                k = tropd.guidance_prefix_len(len(ids), share)
+                if k > 0:
+                    prefixes[b] = ids[:k]
+                    prefix_len[b] = k
+            if prefixes:
+                rows = continue_prefixes(student, self.tokenizer, rollouts, prefixes, self.max_new_tokens, self.temperature)
+                rollouts = with_rows(rollouts, rows, self.tokenizer, student)
+        mask = rollouts.completion_mask
+        prefix_B_T = torch.zeros_like(mask, dtype=torch.float32)
+        for b, k in prefix_len.items():
+            prefix_B_T[b, :k] = 1.0
+        prefix_B_T = prefix_B_T * mask
+        on_policy = mask.float() * (1.0 - prefix_B_T)
+        top_k = self.cfg.tropd_top_k if self.cfg.tropd_outliers == "forward_kl" else 0
+        t = self._teacher_scores(rollouts, top_k=top_k)
+        p = tropd.trust_B_T(t.logp_B_T, rollouts.logprobs_B_T)
+        gen = self.generator
+        if gen is not None and gen.device != p.device:
+            p_cpu = p.cpu()
+            trusted = tropd.trust_membership_B_T(p_cpu, self.cfg.tropd_membership, self.cfg.tropd_threshold, gen).to(p.device)
+        else:
+            trusted = tropd.trust_membership_B_T(p, self.cfg.tropd_membership, self.cfg.tropd_threshold, gen)
+        adv, fkl_mask = tropd.tropd_advantages_B_T(t.logp_B_T, rollouts.logprobs_B_T, on_policy, trusted,
+                                                   self.cfg.tropd_outliers, self.cfg.tropd_clip)
+        adv = adv + beta * prefix_B_T
+        extra = {"tropd_fkl_mask": fkl_mask, "tropd_prefix_mask": prefix_B_T}
+        if top_k:
+            extra["teacher_topk_logps"] = t.topk_logp_B_T_K
+            extra["teacher_topk_ids"] = t.topk_ids_B_T_K
+        valid = on_policy.bool()
+        metrics = _signal_metrics(opd.teacher_signal_B_T(t.logp_B_T, rollouts.logprobs_B_T, on_policy), on_policy)
+        metrics.update({
+            "tropd_trust_mean": float(p[valid].mean()) if valid.any() else 0.0,
+            "tropd_outlier_share": float((~trusted[valid]).float().mean()) if valid.any() else 0.0,
+            "tropd_guidance_share": share, "tropd_guidance_weight": beta,
+            "tropd_guided_rows": float(len(prefix_len)), "tropd_prefix_tokens": float(prefix_B_T.sum()),
+        })
+        return ScoredBatch(rollouts, adv, mask.bool(), extra=extra, metrics=metrics)
+
+    # -- loss extras ----------------------------------------------------------------------------
+    def extra_loss_B_T(self, logp_B_T_V: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
+        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None."""
+        if not self.needs_logits or "teacher_topk_ids" not in inputs:
+            return None
+        student_topk = logp_B_T_V.gather(-1, inputs["teacher_topk_ids"].long())
+        return tropd.forward_kl_topk_B_T(student_topk, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
+
+    # -- teacher text --------------------------------------------------------------------------
+    def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
+        """n teacher completions per prompt (text); a failed prompt yields an empty list."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+
+        async def one(p):
+            req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
+            try:
+                return await self.teacher.sample(req)
+            except TeacherError as exc:  # one prompt's teacher failure costs its slots only
+                log.warning("teacher completion failed for a prompt: %s", exc)
+                return []
+
+        async def all_():
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+        return self._loop.run_until_complete(all_())
+
+
+def _signal_metrics(d_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> dict[str, float]:
+    m = mask_B_T.bool()
+    if not m.any():
+        return {"teacher_signal_mean": 0.0}
+    # -mean(log pi_T - log pi_old) over the student's own tokens estimates the reverse KL
+    return {"teacher_signal_mean": float(d_B_T[m].mean()), "reverse_kl_estimate": float(-d_B_T[m].mean())}
+
+
+def _verdict_metrics(v: torch.Tensor) -> dict[str, float]:
+    judged = ~torch.isnan(v)
+    return {
+        "verifier_judged": float(judged.sum()),
+        "verifier_correct_share": float(v[judged].mean()) if judged.any() else 0.0,
+    }

@@ -1,0 +1,228 @@
+"""The shared machinery of every API teacher: plan calls, limit, retry, reconcile, account.
+
+A subclass implements one wire protocol in `_call(request, sent_prefix, k)`, returning a
+`CallResult` (raw texts and the call's billed usage); this base class does the rest:
+
+1. strip the prefix's trailing whitespace (`providers/continuation.py`);
+2. split N into calls of at most `caps.max_n` samples (OpenAI `n`, Gemini `candidate_count`);
+   when prompt caching applies (`_warm_cache_first`), the first call runs alone so the
+   others read the cache it wrote;
+3. run each call under the (provider, model) limits and the retry policy;
+4. reconcile each text with the held-back whitespace, strip instruct-mode echoes, and split the
+   call's usage and cost evenly across its samples.
+
+A call that fails past its retries drops its samples (the scorer uses N_eff); when every call
+fails the error propagates (the fallback wrapper decides what happens next). Auth, quota and
+capability errors propagate at once. SDK clients are created lazily, one per event loop (a
+pipeline may use `asyncio.run` per step), and closed by `aclose`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from omniopd.errors import TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError
+from providers.base import TeacherRequest, TeacherSample, stable_hash
+from providers.capabilities import ModelCaps
+from providers.continuation import SplitPrefix, reconcile, split_prefix, strip_echo
+from providers.limits import Limits
+from providers.retry import Failure, RetryPolicy, call_with_retries, redact
+from providers.usage import UsageTotals
+
+log = logging.getLogger("omniopd.providers")
+
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "STOP": "stop", "MAX_TOKENS": "length"}
+
+
+@dataclass
+class CallResult:
+    """One API call's answer: texts with finish reasons, and its billed usage (whole call)."""
+
+    texts: list[tuple[str, str]]
+    input_tokens: float = 0.0  # uncached prompt tokens
+    output_tokens: float = 0.0
+    cache_read_tokens: float = 0.0
+    cache_write_tokens: float = 0.0
+    model: str = ""
+
+
+class ApiTeacher:
+    """Base class of the API teachers (see the module docstring)."""
+
+    provider: str = ""
+    default_base_url: str = ""
+    api_version: str = ""
+
+    def __init__(self, model: str, *, caps: ModelCaps, api_key: str | None, base_url: str | None,
+                 timeout_s: float, policy: RetryPolicy, limits: Limits, spec: str | None = None) -> None:
+        self.model = model
+        self.caps = caps
+        self.spec = spec or f"{self.provider}:{model}"
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.policy = policy
+        self.limits = limits
+        self._api_key = api_key
+        self._clients: dict[int, tuple[Any, Any]] = {}
+        self._totals = UsageTotals()
+        self._max_n = caps.max_n  # lowered to 1 if the server answers n > 1 with one choice
+        self._n_ignored = False
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}(spec={self.spec!r}, continuation={self.caps.continuation!r})"
+
+    # --- the Teacher protocol --------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "endpoint": (self.base_url or self.default_base_url).rstrip("/"),
+            "model": self.model,
+            "api_version": self.api_version,
+            "continuation": self.caps.continuation,
+            "thinking": self.caps.thinking,
+            "template": self._template_hash(),
+        }
+
+    def usage_totals(self) -> dict[str, float]:
+        return self._totals.as_dict()
+
+    async def sample(self, request: TeacherRequest) -> list[TeacherSample]:
+        split = split_prefix(request.prefix)
+        per = self._max_n
+        sizes = [min(per, request.n - i) for i in range(0, request.n, per)]
+        results: list[list[TeacherSample] | BaseException] = []
+        if len(sizes) > 1 and self._warm_cache_first(request, split):
+            results.append(await self._guarded(request, split, sizes[0]))
+            sizes = sizes[1:]
+        results += await asyncio.gather(*(self._guarded(request, split, k) for k in sizes))
+        samples = [s for r in results if isinstance(r, list) for s in r]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        _raise_actionable(errors)
+        short = request.n - len(samples)
+        if short > 0 and self._n_ignored and per > 1:
+            # The server answers n > 1 with one choice (llama-cpp-python): ask one at a time.
+            log.warning("%s: the server ignores n (asked %d, got 1); requesting one sample per call from now on", self.spec, per)
+            self._max_n = 1
+            more = await asyncio.gather(*(self._guarded(request, split, 1) for _ in range(short)))
+            samples += [s for r in more if isinstance(r, list) for s in r]
+            errors += [r for r in more if isinstance(r, BaseException)]
+            _raise_actionable(errors)
+        if errors and not samples:
+            raise errors[0]
+        if errors:
+            self._totals.failed_samples += request.n - len(samples)
+            log.warning("%s: %d of %d samples failed (%s); continuing with %d", self.spec,
+                        request.n - len(samples), request.n, errors[0], len(samples))
+        self._totals.add_samples(samples)
+        return samples
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        current = asyncio.get_running_loop()
+        for loop, client in clients.values():
+            if loop is current:  # clients of finished loops lost their sockets with them
+                await self._close_client(client)
+
+    # --- for subclasses ----------------------------------------------------------------------
+    async def _call(self, request: TeacherRequest, split: SplitPrefix, k: int) -> CallResult:
+        raise NotImplementedError
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    async def _close_client(self, client: Any) -> None:
+        await client.close()
+
+    def _warm_cache_first(self, request: TeacherRequest, split: SplitPrefix) -> bool:
+        return False
+
+    def _template_hash(self) -> str | None:
+        return None
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = (loop, self._make_client())
+            self._clients[id(loop)] = entry
+        return entry[1]
+
+    def _temperature(self, request: TeacherRequest) -> dict[str, float]:
+        """Sampling parameters to send: none unless the table says the model takes them."""
+        if not self.caps.accepts_temperature:
+            return {}
+        out = {}
+        if request.temperature is not None:
+            out["temperature"] = request.temperature
+        if request.top_p is not None:
+            out["top_p"] = request.top_p
+        return out
+
+    # --- internals -----------------------------------------------------------------------------
+    async def _guarded(self, request: TeacherRequest, split: SplitPrefix, k: int) -> list[TeacherSample] | BaseException:
+        try:
+            return await self._one_call(request, split, k)
+        except TeacherError as exc:
+            return exc
+
+    async def _one_call(self, request: TeacherRequest, split: SplitPrefix, k: int) -> list[TeacherSample]:
+        est = (sum(len(m.content) for m in request.messages) + len(request.prefix)) / 4 + k * request.max_tokens
+
+        def on_retry(f: Failure, wait_s: float) -> None:
+            self._totals.retries += 1
+            log.info("%s: %s; retrying in %.2f s", self.spec, redact(f.message, [self._api_key])[:200], wait_s)
+
+        async with self.limits.admit(est):
+            t0 = self.policy.clock()
+
+            async def attempt() -> CallResult:
+                self._totals.requests += 1
+                return await self._call(request, split, k)
+
+            res = await call_with_retries(attempt, self.policy, what=self.spec, secrets=[self._api_key], on_retry=on_retry)
+            latency = self.policy.clock() - t0
+        if k > 1 and len(res.texts) == 1:
+            self._n_ignored = True
+        return self._to_samples(res, split, latency)
+
+    def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float) -> list[TeacherSample]:
+        cost = self.caps.cost_usd(res.input_tokens, res.output_tokens, res.cache_read_tokens, res.cache_write_tokens)
+        if not res.texts:  # billed all the same: keep it in the totals
+            self._totals.input_tokens += res.input_tokens
+            self._totals.cost_usd += cost
+            log.warning("%s: the response held no completion (blocked or empty); dropping it", self.spec)
+            return []
+        m = len(res.texts)
+        out = []
+        for text, finish in res.texts:
+            if self.caps.continuation == "instruct":
+                text = strip_echo(split.sent, text)
+            out.append(TeacherSample(
+                text=reconcile(split.tail, text),
+                finish_reason=FINISH.get(finish, finish.lower() if finish else "stop"),
+                input_tokens=res.input_tokens / m,
+                output_tokens=res.output_tokens / m,
+                cache_read_tokens=res.cache_read_tokens / m,
+                cache_write_tokens=res.cache_write_tokens / m,
+                cost_usd=cost / m,
+                model=res.model or self.model,
+                teacher=self.spec,
+                latency_s=latency,
+                exact=self.caps.exact,
+                extra={"continuation": self.caps.continuation},
+            ))
+        return out
+
+
+def _raise_actionable(errors: list[BaseException]) -> None:
+    """Auth, quota and capability errors need the user: no partial result may hide them."""
+    for e in errors:
+        if isinstance(e, (TeacherAuthError, TeacherQuotaError, TeacherCapabilityError)):
+            raise e
+
+
+def template_hash(template: str | None) -> str | None:
+    return stable_hash(template)[:16] if template else None

@@ -1,0 +1,71 @@
+"""`omniopd train` through the console entry point, on tiny models saved to disk."""
+
+import json
+
+import pytest
+import yaml
+
+from omniopd.cli import main
+
+
+@pytest.fixture
+def tiny_dirs(tmp_path, tiny_tok):
+    from tests.tiny import tiny_llama
+
+    student, teacher = tmp_path / "student", tmp_path / "teacher"
+    for path, seed in ((student, 0), (teacher, 1)):
+        m = tiny_llama(tiny_tok, seed=seed)
+        m.save_pretrained(path)
+        tiny_tok.save_pretrained(path)
+    return student, teacher
+
+
+def _argv(student, teacher, out, *extra):
+    return ["train", "--student", str(student), "--teacher", f"local:{teacher}", "--output", str(out),
+            "--similarity", "edit", "--generations", "2", "--prompts-per-step", "1", "--max-new-tokens", "20",
+            "--chunk-tokens", "5", "--chunks-per-completion", "2", "--teacher-samples", "2", "--seed", "1",
+            "--learning-rate", "0.01", *extra]
+
+
+def test_train_writes_run_directory_and_resumes(tmp_path, tiny_dirs, capsys):
+    student, teacher = tiny_dirs
+    out = tmp_path / "run"
+    assert main(_argv(student, teacher, out, "--max-steps", "2")) == 0
+    stdout = capsys.readouterr().out
+    assert f"results in {out}" in stdout
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("step", "reward_mean", "kl", "forks", "teacher_samples", "seconds"):
+            assert key in r
+        assert 0.0 <= r["reward_mean"] <= 1.0
+    assert sum(r["teacher_samples"] for r in rows) > 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["learner"]["max_steps"] == 2 and resolved["scorer"]["similarity"] == "edit"
+    assert (out / "checkpoint-2").is_dir() and (out / "final" / "config.json").is_file()
+
+    # a second run into the same directory must not clobber it ...
+    assert main(_argv(student, teacher, out, "--max-steps", "3")) == 2
+    assert "--resume" in capsys.readouterr().err
+    # ... and --resume continues from checkpoint-2 to step 3
+    assert main(_argv(student, teacher, out, "--max-steps", "3", "--resume")) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_dirs, capsys):
+    student, teacher = tiny_dirs
+    assert main(_argv(student, teacher, tmp_path / "fresh", "--resume")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_defaults_on_packaged_models(tmp_path, capsys, monkeypatch):
+    """README command 1's run, shortened: packaged SmolLM2 student and teacher, packaged MiniLM."""
+    out = tmp_path / "demo"
+    assert main(["train", "--output", str(out), "--max-steps", "1", "--prompts-per-step", "1", "--generations", "2",
+                 "--max-new-tokens", "48", "--chunk-tokens", "16", "--chunks-per-completion", "1",
+                 "--teacher-samples", "2"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["teacher_samples"] > 0
+    assert (out / "final" / "model.safetensors").is_file()
