@@ -236,6 +236,9 @@ def pipeline_arm(ctx: LabContext, student, seed: int, name: str, overrides: dict
         "output.dir": str(out),
         "output.save_steps": 10**9,
         "output.save_total_limit": 1,
+        # every arm pays for its own teacher samples: no sample cache shared across arms/seeds
+        "cache.mode": "off",
+        "cache.no_episodes": True,
     }
     cfg = build_config(overrides={**base, **overrides})
     teacher = ctx.local_teacher()
