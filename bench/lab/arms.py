@@ -69,6 +69,19 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("omniopd-beta0", "pipeline", "ablation: no KL anchor (beta=0)", {"learner.beta": 0.0}),
     Arm("omniopd-edit", "pipeline", "phi = normalised edit distance", {"scorer.similarity": "edit"}),
     Arm("omniopd-rouge1", "pipeline", "phi = ROUGE-1 F1", {"scorer.similarity": "rouge1"}),
+    # the other methods of the same pipeline (issue 6; docs in the README's Methods section)
+    Arm("opd-pipeline", "pipeline", "standard OPD in omniopd's learner: A_t = log pi_T - log pi_old, no KL anchor",
+        {"method.name": "opd"}),
+    Arm("sg-opd", "pipeline", "SG-OPD: sign gate 1.8/1.0 by math-verify verdicts + verified teacher rows at cold start",
+        {"method.name": "sg-opd"}),
+    Arm("tropd", "pipeline", "TrOPD: Bernoulli trust, forward KL on outliers (teacher top-64), teacher-prefix guidance",
+        {"method.name": "tropd"}),
+    Arm("omniopd-2upd", "pipeline", "OmniOPD, 2 updates per batch of rollouts (no gate): the gate's control",
+        {"learner.updates_per_batch": 2}),
+    Arm("omniopd-2upd-gated", "pipeline", "OmniOPD, 2 updates per batch + blockwise policy-drift gate (64 tokens)",
+        {"learner.updates_per_batch": 2, "method.drift_gate": "block"}),
+    Arm("omniopd-verifier-gate", "pipeline", "OmniOPD with chunk weights scaled by math-verify verdicts (x1.8 / x0.5)",
+        {"method.verifier_gate": True}),
 ]}
 
 
@@ -242,7 +255,8 @@ def pipeline_arm(ctx: LabContext, student, seed: int, name: str, overrides: dict
     }
     cfg = build_config(overrides={**base, **overrides})
     teacher = ctx.local_teacher()
-    spent = lambda: teacher.usage_totals()["output_tokens"]  # noqa: E731
+    # teacher output tokens, plus the tokens a white-box method had the teacher score
+    spent = lambda: teacher.usage_totals()["output_tokens"] + teacher.usage_totals().get("scored_tokens", 0.0)  # noqa: E731
     result = run_train(cfg, model=student, tokenizer=ctx.tokenizer, teacher=teacher, phi=ctx.phi(cfg.scorer.similarity),
                        extra_callbacks=[StopAtBudget(spent, s.budget_tokens)], echo=False)
     student.eval()
