@@ -1,6 +1,6 @@
 """Sign-Gated OPD (arXiv 2606.09304): a binary verifier decides where to trust the teacher.
 
-Two parts, both from the paper's summary; the formulas are our reading (see docs/methods.md).
+Two parts, both from the paper's summary; the formulas are our reading (see the README, "Methods").
 
 **Sign-consistency gate.** A verifier marks each completion correct (1) or wrong (0). Within a
 prompt's group of G completions its direction is group-relative,
