@@ -160,7 +160,7 @@ DRIFT_GATE_CHOICES = ("off", "block", "newline")
 
 @dataclass
 class MethodConfig:
-    """Which distillation method trains the student, and the knobs of each (README, "Methods")."""
+    """Which distillation method trains the student, and the knobs of each (README, section Methods)."""
 
     name: str = knob("omniopd", "method: omniopd (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer)", flag="--method", choices=METHOD_CHOICES)
     drift_gate: str = knob("off", "blockwise policy-drift gate on the per-token loss: off, block (fixed blocks), newline (lines)", choices=DRIFT_GATE_CHOICES)

@@ -66,7 +66,7 @@ class OmniOPDTrainer(GRPOTrainer):
         if self.beta != 0.0:
             raise ValueError("OmniOPDTrainer needs GRPOConfig(beta=0.0): the exact KL anchor replaces TRL's k3 term")
         if pipeline is None and method is None:
-            raise ValueError("OmniOPDTrainer needs a pipeline (OmniOPD) or method signals (README, "Methods")")
+            raise ValueError("OmniOPDTrainer needs a pipeline (OmniOPD) or method signals (README, section Methods)")
         self.pipeline = pipeline
         self.replay = replay  # omniopd.run_cache.ReplayRollouts: recorded rollouts instead of sampling
         self.method = method

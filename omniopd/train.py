@@ -195,7 +195,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
 
 
 def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
-    """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (README, "Methods").
+    """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (README, section Methods).
 
     Plain OmniOPD keeps the learner's own audit path (None). White-box methods check teacher
     access here, before any model trains: an API teacher or a different tokenizer is a

@@ -3,7 +3,7 @@
 One module per method: `opd` (standard on-policy distillation), `sg_opd` (Sign-Gated OPD),
 `tropd` (Trust-Region OPD), `drift_gate` (blockwise policy-drift gate, any method),
 `verifier_gate` (verifier-scaled OmniOPD chunk weights). Every function is a pure tensor
-function with its shapes in its name; the learner wires them in (README, "Methods").
+function with its shapes in its name; the learner wires them in (README, section Methods).
 """
 
 from __future__ import annotations
