@@ -24,18 +24,6 @@ def verdict_scale_B(verdict_B: torch.Tensor, scale_correct: float = 1.8, scale_w
     return torch.where(torch.isnan(v), torch.ones_like(v), out)
 
 
-def gated_pihat_F(
-    pihat_F: torch.Tensor,
-    completion_of_F: torch.Tensor,
-    verdict_B: torch.Tensor,
-    scale_correct: float = 1.8,
-    scale_wrong: float = 0.5,
-) -> torch.Tensor:
-    """Scale each chunk's pi_hat by its completion's verdict (`completion_of_F` indexes verdict_B)."""
-    scale = verdict_scale_B(verdict_B, scale_correct, scale_wrong).to(pihat_F.device)
-    return pihat_F * scale[completion_of_F.long()].to(pihat_F.dtype)
-
-
 def gated_advantages_B_T(
     advantages_B_T: torch.Tensor,
     verdict_B: torch.Tensor,
