@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from providers.base import Message, TeacherRequest, TeacherSample, stable_hash
+from providers.usage import UsageTotals
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -50,18 +51,17 @@ class LocalTeacher:
         }
         eos = model.generation_config.eos_token_id
         self._eos = sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id})
-        self._totals = {"requests": 0, "samples": 0, "input_tokens": 0.0, "output_tokens": 0.0, "cost_usd": 0.0,
-                        "scored_tokens": 0.0}
+        self._totals = UsageTotals()
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
     def usage_totals(self) -> dict[str, float]:
-        return dict(self._totals)
+        return self._totals.as_dict()
 
     def record_scored_tokens(self, n: int) -> None:
         """White-box use (providers/whitebox.py): completion tokens this model scored for OPD-type methods."""
-        self._totals["scored_tokens"] += float(n)
+        self._totals.scored_tokens += float(n)
 
     async def aclose(self) -> None:
         return None
@@ -154,10 +154,8 @@ class LocalTeacher:
                 text=text, finish_reason=finish, input_tokens=float(prompt_lens[row]), output_tokens=float(n_out),
                 model=self.spec, teacher=self.spec, latency_s=latency, exact=True,
             ))
-        self._totals["requests"] += len(requests)
-        self._totals["samples"] += len(samples)
-        self._totals["input_tokens"] += sum(s.input_tokens for s in samples)
-        self._totals["output_tokens"] += sum(s.output_tokens for s in samples)
+        self._totals.requests += len(requests)
+        self._totals.add_samples(samples)
         grouped, i = [], 0
         for r in requests:
             grouped.append(samples[i:i + r.n])

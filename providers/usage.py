@@ -24,6 +24,7 @@ class UsageTotals:
     cache_read_tokens: float = 0.0
     cache_write_tokens: float = 0.0
     cost_usd: float = 0.0
+    scored_tokens: float = 0.0  # tokens a white-box teacher scored (OPD-type methods; local teachers)
 
     def add_samples(self, samples: Iterable[TeacherSample]) -> None:
         for s in samples:
