@@ -48,8 +48,9 @@ def main() -> int:
     from omniopd.train import run_train
 
     with tempfile.TemporaryDirectory() as tmp:
+        # cache off: a teacher sample served from an earlier run's cache would time the cache, not the teacher
         cfg = build_config(load_config_file(args.config), {"learner.max_steps": args.steps, "output.dir": tmp + "/run",
-                                                           "output.save_steps": 10_000})
+                                                           "output.save_steps": 10_000, "cache.mode": "off"})
         run_train(cfg, echo=False)
         rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
 
