@@ -91,8 +91,6 @@ def generate_texts(
 
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     per_batch = max(1, batch_size // num_return_sequences)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -103,7 +101,8 @@ def generate_texts(
         bar = tqdm(total=len(prompts) * num_return_sequences, desc=desc, unit="seq", disable=not progress)
         for start in range(0, len(order), per_batch):
             idx = order[start:start + per_batch]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=False).to(device)
             kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "num_return_sequences": num_return_sequences}
             if do_sample:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
@@ -120,7 +119,6 @@ def generate_texts(
             bar.update(new.shape[0])
         bar.close()
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return out, n_tokens
 

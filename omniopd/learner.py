@@ -31,7 +31,7 @@ from trl.models.utils import unwrap_model_for_generation
 from omniopd.methods.drift_gate import DriftGate
 from omniopd.methods.signals import MethodSignals, ScoredBatch
 from omniopd.pipeline import Pipeline
-from omniopd.rollouts import generate_rollouts
+from omniopd.rollouts import entropy_B, generate_rollouts
 
 
 def chunk_weights_reward(prompts, completions, **kwargs):
@@ -171,7 +171,7 @@ class OmniOPDTrainer(GRPOTrainer):
         entropies = None
         if compute_entropy:
             with torch.no_grad():
-                entropies = -(logp.exp() * logp).sum(-1)
+                entropies = entropy_B(logp)
         self._kept_logp = logp
         return per_token, entropies, None
 

@@ -150,3 +150,12 @@ def load_causal_lm(spec: str, dtype=None):
     else:
         model = _from_pretrained(AutoModelForCausalLM, src, dtype=dtype)
     return model, load_tokenizer(spec)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a turn: the generation config's (one or a list) and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

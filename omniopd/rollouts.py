@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from omniopd.models import eos_token_ids
+
 
 def entropy_B(logp_B_V: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) per row of log-probabilities; -inf entries (p = 0) contribute 0."""
@@ -69,6 +71,23 @@ class Rollouts:
         return self.completion_mask.sum(-1).tolist()
 
 
+def pad_rows_B_T(rows, pad_value, dtype, *, left: bool = False, device=None, width: int | None = None) -> torch.Tensor:
+    """Ragged rows (lists or 1-D tensors) as one (B, T) tensor; T = `width`, else the longest row (at least 1).
+
+    Prompts are left-padded (`left=True`, as generation saw them), completions right-padded.
+    """
+    tensors = [torch.as_tensor(r, dtype=dtype, device=device) for r in rows]
+    width = width or max(1, max((t.numel() for t in tensors), default=0))
+    out = torch.full((len(tensors), width), pad_value, dtype=dtype, device=device)
+    for b, t in enumerate(tensors):
+        if t.numel():
+            if left:
+                out[b, width - t.numel():] = t
+            else:
+                out[b, :t.numel()] = t
+    return out
+
+
 def completion_mask_B_T(completion_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     """1 up to and including the first end-of-turn token, 0 after (generation pads past it)."""
     is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
@@ -81,14 +100,6 @@ def completion_mask_B_T(completion_ids: torch.Tensor, eos_ids: set[int]) -> torc
     return (idx <= first).long()
 
 
-def eos_token_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
                       generator_seed: int | None = None, progress: bool = False) -> Rollouts:
@@ -98,12 +109,7 @@ def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_to
     """
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    finally:
-        tokenizer.padding_side = side
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
     bar = tqdm(total=max_new_tokens, desc=f"rollouts ({len(prompts)})", unit="tok", leave=False, disable=not progress)
     recorder = _Recorder(temperature, bar)
     eos = eos_token_ids(model, tokenizer)

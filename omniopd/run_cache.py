@@ -25,7 +25,7 @@ from cache.paths import resolve_cache_path
 from cache.teacher import CachedTeacher
 from omniopd.config import TrainConfig
 from omniopd.errors import ConfigError, ReplayError
-from omniopd.rollouts import Rollouts
+from omniopd.rollouts import Rollouts, pad_rows_B_T
 from providers.base import Teacher
 
 log = logging.getLogger("omniopd")
@@ -64,25 +64,16 @@ def rollouts_from_episode(ep: dict[str, Any], tokenizer, batch_size: int | None 
             "keep --prompts-per-step and --generations as recorded"
         )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    Tp, T = max(len(p) for p in prompts), max(1, max(len(c) for c in comp))
-    prompt_ids = torch.full((B, Tp), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((B, Tp), dtype=torch.long)
-    completion_ids = torch.full((B, T), pad, dtype=torch.long)
-    completion_mask = torch.zeros((B, T), dtype=torch.long)
-    logprobs = torch.zeros((B, T), dtype=torch.float32)
-    entropy = torch.zeros((B, T), dtype=torch.float32)
-    for b in range(B):
-        p, c = prompts[b], comp[b]
-        if p:
-            prompt_ids[b, Tp - len(p):] = torch.tensor(p)
-            prompt_mask[b, Tp - len(p):] = 1
-        if c:
-            completion_ids[b, :len(c)] = torch.tensor(c)
-            completion_mask[b, :len(c)] = 1
-            logprobs[b, :len(c)] = torch.tensor(ep["behaviour_logprobs"][b], dtype=torch.float32)
-            entropy[b, :len(c)] = torch.tensor(ep["entropies"][b], dtype=torch.float32)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, entropy, ep["prompts"],
-                    tokenizer.batch_decode(comp, skip_special_tokens=True))
+    return Rollouts(
+        prompt_ids=pad_rows_B_T(prompts, pad, torch.long, left=True),
+        prompt_mask=pad_rows_B_T([[1] * len(p) for p in prompts], 0, torch.long, left=True),
+        completion_ids=pad_rows_B_T(comp, pad, torch.long),
+        completion_mask=pad_rows_B_T([[1] * len(c) for c in comp], 0, torch.long),
+        logprobs_B_T=pad_rows_B_T(ep["behaviour_logprobs"], 0.0, torch.float32),
+        entropy_B_T=pad_rows_B_T(ep["entropies"], 0.0, torch.float32),
+        prompts=ep["prompts"],
+        completions=tokenizer.batch_decode(comp, skip_special_tokens=True),
+    )
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from omniopd.models import eos_token_ids
 from providers.base import Message, TeacherRequest, TeacherSample, stable_hash
 from providers.usage import UsageTotals
 
@@ -49,8 +50,7 @@ class LocalTeacher:
             "mode": "raw",
             "template_hash": stable_hash(getattr(tokenizer, "chat_template", None) or "")[:16],
         }
-        eos = model.generation_config.eos_token_id
-        self._eos = sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id})
+        self._eos = sorted(eos_token_ids(model, tokenizer))
         self._totals = UsageTotals()
 
     def identity(self) -> dict[str, Any]:
@@ -114,12 +114,7 @@ class LocalTeacher:
         t0 = time.perf_counter()
         tok, first = self.tokenizer, requests[0]
         texts = [self.render(r) for r in requests for _ in range(r.n)]
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         device = next(self.model.parameters()).device
         enc = enc.to(device)
         out = self.model.generate(

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import torch
 
-from omniopd.rollouts import Rollouts, eos_token_ids
+from omniopd.models import eos_token_ids
+from omniopd.rollouts import Rollouts, pad_rows_B_T
 from providers.whitebox import LocalWhiteBox
 
 
@@ -35,21 +36,15 @@ def with_rows(rollouts: Rollouts, new_rows: dict[int, list[int]], tokenizer, stu
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lengths = rollouts.lengths
     rows = [new_rows.get(b, rollouts.completion_ids[b, :lengths[b]].tolist()) for b in range(len(lengths))]
-    T = max(1, max(len(r) for r in rows))
-    B = len(rows)
     dev = rollouts.completion_ids.device
-    ids = torch.full((B, T), pad, dtype=rollouts.completion_ids.dtype, device=dev)
-    mask = torch.zeros((B, T), dtype=rollouts.completion_mask.dtype, device=dev)
-    logp = torch.zeros((B, T), dtype=rollouts.logprobs_B_T.dtype, device=dev)
-    ent = torch.zeros((B, T), dtype=rollouts.entropy_B_T.dtype, device=dev)
-    for b, r in enumerate(rows):
-        n = len(r)
-        ids[b, :n] = torch.tensor(r, dtype=ids.dtype, device=dev)
-        mask[b, :n] = 1
-        if b not in new_rows:
-            m = min(n, rollouts.logprobs_B_T.size(1))
-            logp[b, :m] = rollouts.logprobs_B_T[b, :m]
-            ent[b, :m] = rollouts.entropy_B_T[b, :m]
+    ids = pad_rows_B_T(rows, pad, rollouts.completion_ids.dtype, device=dev)
+    mask = pad_rows_B_T([[1] * len(r) for r in rows], 0, rollouts.completion_mask.dtype, device=dev)
+    # kept rows keep their recorded log-probs and entropies; replaced rows are filled in below
+    logp, ent = (
+        pad_rows_B_T([[] if b in new_rows else x[b, :lengths[b]] for b in range(len(rows))], 0.0, x.dtype,
+                     device=dev, width=ids.size(1))
+        for x in (rollouts.logprobs_B_T, rollouts.entropy_B_T)
+    )
     scored = LocalWhiteBox(student, tokenizer).token_logprobs(rollouts.prompt_ids, rollouts.prompt_mask, ids, mask)
     for b in new_rows:
         logp[b] = scored.logp_B_T[b].to(logp.dtype)
@@ -75,11 +70,11 @@ def continue_prefixes(student, tokenizer, rollouts: Rollouts, prefixes: dict[int
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = eos_token_ids(student, tokenizer)
     seqs = {b: rollouts.prompt_ids[b][rollouts.prompt_mask[b].bool()].tolist() + p for b, p in todo.items()}
-    L = max(len(s) for s in seqs.values())
     order = sorted(seqs)
     dev = next(student.parameters()).device
-    input_ids = torch.tensor([[pad] * (L - len(seqs[b])) + seqs[b] for b in order], device=dev)
-    attn = torch.tensor([[0] * (L - len(seqs[b])) + [1] * len(seqs[b]) for b in order], device=dev)
+    input_ids = pad_rows_B_T([seqs[b] for b in order], pad, torch.long, left=True, device=dev)
+    attn = pad_rows_B_T([[1] * len(seqs[b]) for b in order], 0, torch.long, left=True, device=dev)
+    L = input_ids.size(1)
     budget = max_new_tokens - min(len(p) for p in todo.values())
     gen = student.generate(input_ids=input_ids, attention_mask=attn, do_sample=True, temperature=temperature, top_k=0,
                            top_p=1.0, max_new_tokens=budget, pad_token_id=pad, eos_token_id=sorted(eos))

@@ -82,10 +82,6 @@ class MethodSignals:
         """Does the loss need the student's full log-softmax (TrOPD's outlier forward KL)?"""
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
-    @property
-    def uses_anchor(self) -> bool:
-        return self.method == "omniopd"
-
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.close()
