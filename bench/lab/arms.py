@@ -1,193 +1,268 @@
 """The lab's arms: ways to spend one teacher budget on a student, and the ARMS table.
 
-Every arm gets a fresh copy of the same weak student (one per seed), the same teacher, and the
-same budget of teacher output tokens; it returns the student's held-out accuracy, the teacher
-tokens it actually used and its wall time. The teacher is used two ways:
+Every arm x seed starts from a copy of the task's start student, with the same teacher and the
+same budget of teacher output tokens, and is measured at budget milestones along the way (a
+learning curve from one run): held-out greedy and temperature-1 accuracy, the KL from the start
+and how far the weights moved. The teacher is used two ways:
 
 - as text, through the provider interface only (`providers.local.LocalTeacher`), exactly as an
-  API teacher would be: the SFT arm asks it for whole solutions, the OmniOPD arms ask it (via
-  omniopd's real training entry point, `omniopd.train.run_train`) to continue the student's
-  prefixes. Teacher tokens = the output tokens the provider reports.
-- as a white-box model for standard OPD (TRL's `DistillationTrainer`): the teacher scores every
-  token of the student's rollouts with its full distribution; teacher tokens = completion
-  tokens it scored.
+  API teacher would be (access "black-box"): the SFT arm buys whole solutions (several per
+  problem when the budget asks for more than one pass), the OmniOPD arms ask it, via omniopd's
+  real training entry point `omniopd.train.run_train`, to continue the student's prefixes.
+  Teacher tokens = the output tokens the provider reports.
+- as a white-box model ("white-box"): TRL's `DistillationTrainer` (standard OPD, reverse KL to
+  the teacher's full distribution on every token the student samples) and omniopd's white-box
+  methods; teacher tokens = completion tokens the teacher scored.
 
-Budgets are enforced by stopping: the SFT arm stops requesting solutions, the trainers stop
-after the step on which the budget is reached (so an arm overshoots by at most one step).
+`noise-floor` (access "none") moves the start by isotropic Gaussian noise of the size the
+trained arms moved it (weight L2 at each milestone, averaged over the other arms): the change
+that is not caused by any signal. Budgets are enforced by stopping after the step on which a
+milestone is reached (an arm overshoots by at most one step, recorded in `teacher_tokens`).
 
 To add an arm (e.g. another method of the pipeline): add an `Arm` to `ARMS` with the config
-overrides it needs; `pipeline_arm` runs any `omniopd train` configuration.
+overrides it needs (dotted `omniopd train` keys); `pipeline_arm` runs any configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
 import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from bench.lab import nets
-from omniopd.evaluate import evaluate
-
-
-@dataclass
-class ArmResult:
-    arm: str
-    seed: int
-    accuracy: float
-    teacher_tokens: int
-    wall_s: float
-    steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
-    kind: str  # "none" | "sft" | "opd" | "pipeline"
+    kind: str  # "none" | "noise" | "sft" | "opd" | "pipeline"
+    access: str  # "none" | "black-box" | "white-box"
     help: str
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+_BB, _WB = "black-box", "white-box"
+_PAPER = {"method.pihat_baseline": "none", "method.fork_imitation": 0.0, "scorer.similarity": "embedding"}
+
 # --- the table ------------------------------------------------------------------------------
 ARMS: dict[str, Arm] = {a.name: a for a in [
-    Arm("no-training", "none", "the weak student as it starts"),
-    Arm("sft", "sft", "SFT on teacher-written solutions (teacher as text, whole answers)"),
-    Arm("opd", "opd", "white-box on-policy distillation: TRL DistillationTrainer, reverse KL to teacher logits"),
-    Arm("omniopd", "pipeline", "OmniOPD, omniopd defaults (entropy chunks, alpha=1, beta=0.1, phi=embedding)"),
-    Arm("omniopd-uniform", "pipeline", "ablation: chunks spread uniformly", {"scheduler.selection": "uniform"}),
-    Arm("omniopd-alpha0", "pipeline", "ablation: no Dirichlet smoothing (alpha=0)", {"scorer.alpha": 0.0}),
-    Arm("omniopd-beta0", "pipeline", "ablation: no KL anchor (beta=0)", {"learner.beta": 0.0}),
-    Arm("omniopd-edit", "pipeline", "phi = normalised edit distance", {"scorer.similarity": "edit"}),
-    Arm("omniopd-rouge1", "pipeline", "phi = ROUGE-1 F1", {"scorer.similarity": "rouge1"}),
+    Arm("no-training", "none", "none", "the start student, untouched"),
+    Arm("noise-floor", "noise", "none", "the start plus random weight noise of the L2 size the trained arms moved it"),
+    Arm("sft", "sft", _BB, "SFT on teacher-written solutions (teacher as text, whole answers, bought as it trains)"),
+    Arm("opd", "opd", _WB, "white-box on-policy distillation: TRL DistillationTrainer, reverse KL to teacher logits"),
+    Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's defaults"),
+    Arm("omniopd-paper", "pipeline", _BB, "the paper's loss, pinned: no baseline, no imitation, phi=embedding", _PAPER),
+    Arm("omniopd-uniform", "pipeline", _BB, "ablation: chunks spread uniformly", {"scheduler.selection": "uniform"}),
+    Arm("omniopd-alpha0", "pipeline", _BB, "ablation: no Dirichlet smoothing (alpha=0)", {"scorer.alpha": 0.0}),
+    Arm("omniopd-beta0", "pipeline", _BB, "ablation: no KL anchor (beta=0)", {"learner.beta": 0.0}),
+    Arm("omniopd-edit", "pipeline", _BB, "phi = normalised edit distance", {"scorer.similarity": "edit"}),
+    Arm("omniopd-rouge1", "pipeline", _BB, "phi = ROUGE-1 F1", {"scorer.similarity": "rouge1"}),
     # the other methods of the same pipeline (issue 6; docs in the README's Methods section)
-    Arm("opd-pipeline", "pipeline", "standard OPD in omniopd's learner: A_t = log pi_T - log pi_old, no KL anchor",
+    Arm("opd-pipeline", "pipeline", _WB, "standard OPD in omniopd's learner: A_t = log pi_T - log pi_old, no KL anchor",
         {"method.name": "opd"}),
-    Arm("sg-opd", "pipeline", "SG-OPD: sign gate 1.8/1.0 by math-verify verdicts + verified teacher rows at cold start",
+    Arm("sg-opd", "pipeline", _WB, "SG-OPD: sign gate 1.8/1.0 by math-verify verdicts + verified teacher rows at cold start",
         {"method.name": "sg-opd"}),
-    Arm("tropd", "pipeline", "TrOPD: Bernoulli trust, forward KL on outliers (teacher top-64), teacher-prefix guidance",
+    Arm("tropd", "pipeline", _WB, "TrOPD: Bernoulli trust, forward KL on outliers (teacher top-64), teacher-prefix guidance",
         {"method.name": "tropd"}),
-    Arm("omniopd-2upd", "pipeline", "OmniOPD, 2 updates per batch of rollouts (no gate): the gate's control",
+    Arm("omniopd-2upd", "pipeline", _BB, "OmniOPD, 2 updates per batch of rollouts (no gate): the gate's control",
         {"learner.updates_per_batch": 2}),
-    Arm("omniopd-2upd-gated", "pipeline", "OmniOPD, 2 updates per batch + blockwise policy-drift gate (64 tokens)",
+    Arm("omniopd-2upd-gated", "pipeline", _BB, "OmniOPD, 2 updates per batch + blockwise policy-drift gate (64 tokens)",
         {"learner.updates_per_batch": 2, "method.drift_gate": "block"}),
-    Arm("omniopd-verifier-gate", "pipeline", "OmniOPD with chunk weights scaled by math-verify verdicts (x1.8 / x0.5)",
+    Arm("omniopd-verifier-gate", "pipeline", _BB, "OmniOPD with chunk weights scaled by math-verify verdicts (x1.8 / x0.5)",
         {"method.verifier_gate": True}),
+    # issue 9's signals (README, Methods): a baseline for pi_hat, fork imitation, drafts, phi
+    Arm("omniopd-group", "pipeline", _BB, "pi_hat minus its group mean (the G completions of a prompt)",
+        {"method.pihat_baseline": "group"}),
+    Arm("omniopd-loo", "pipeline", _BB, "pi_hat minus the leave-one-out mean of its group",
+        {"method.pihat_baseline": "loo"}),
+    Arm("omniopd-imitate", "pipeline", _BB, "+ CE on the teacher's continuations at the student's forks (chunk length)",
+        {"method.fork_imitation": 1.0}),
+    Arm("omniopd-imitate-end", "pipeline", _BB, "+ CE on teacher continuations to the end of the answer (black-box DAgger)",
+        {"method.fork_imitation": 1.0, "teacher.token_factor": 4.0}),
+    Arm("omniopd-drafts", "pipeline", _BB, "K=4 student drafts per fork ranked by phi, group-relative advantages",
+        {"method.student_drafts": 4}),
+    Arm("omniopd-numbers", "pipeline", _BB, "phi = agreement on the numbers (and the final answer)",
+        {"scorer.similarity": "numbers"}),
+    Arm("omniopd-tokenf1", "pipeline", _BB, "phi = token-level F1 on the student's tokenizer",
+        {"scorer.similarity": "token_f1"}),
+    Arm("omniopd-loo-numbers", "pipeline", _BB, "leave-one-out baseline + phi = numbers",
+        {"method.pihat_baseline": "loo", "scorer.similarity": "numbers"}),
+    Arm("omniopd-loo-imitate-numbers", "pipeline", _BB, "leave-one-out baseline + fork imitation + phi = numbers",
+        {"method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "scorer.similarity": "numbers"}),
+    Arm("omniopd-loo-imitate-end-numbers", "pipeline", _BB,
+        "leave-one-out baseline + imitation to the end (DAgger) + phi = numbers",
+        {"method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "teacher.token_factor": 4.0,
+         "scorer.similarity": "numbers"}),
 ]}
 
 
-@dataclass
-class LabContext:
-    """What every arm shares in one lab run."""
+class Milestones:
+    """Measures the student each time the teacher spend crosses a budget milestone.
 
-    scale: Any  # bench.lab.run.Scale
-    tokenizer: Any
-    teacher: Any
-    train: list  # list[tasks.Problem]
-    test_rows: list[dict]
-    train_jsonl: Path
-    workdir: Path
-    phis: dict[str, Callable] = field(default_factory=dict)
+    `check(model, step)` is called after every optimizer step; for every milestone reached it
+    appends a record (the same measurement for milestones crossed on one step). `done` once the
+    last milestone is reached; `finish` records whatever milestones a capped run never reached
+    (with the tokens it did spend)."""
 
-    def held_out_accuracy(self, model) -> float:
-        r = evaluate(model, self.tokenizer, self.test_rows, max_new_tokens=self.scale.max_new_tokens,
-                     batch_size=self.scale.eval_batch, progress=False, keep_texts=False)
-        return r.greedy_accuracy
+    def __init__(self, ctx, arm: Arm, seed: int, lr: float, budgets: list[int], spent: Callable[[], float],
+                 t0: float):
+        self.ctx, self.arm, self.seed, self.lr, self.budgets, self.spent, self.t0 = ctx, arm, seed, lr, budgets, spent, t0
+        self.records: list[dict] = []
+        self.extra: dict[str, Any] = {}
 
-    def phi(self, name: str):
-        """Similarity functions are built once per lab run (the embedder loads once)."""
-        if name not in self.phis:
-            from omniopd.similarity import build_similarity
+    @property
+    def done(self) -> bool:
+        return len(self.records) >= len(self.budgets)
 
-            self.phis[name] = build_similarity(name)
-        return self.phis[name]
+    def _record(self, model, step: int, reached: bool) -> None:
+        spent = int(self.spent())
+        pending = [b for b in self.budgets[len(self.records):] if spent >= b or not reached]
+        if not pending:
+            return
+        train_s = time.perf_counter() - self.t0
+        m = self.ctx.measure(model, self.seed, dev=len(self.records) + len(pending) >= len(self.budgets))
+        for b in pending:
+            self.records.append({"arm": self.arm.name, "access": self.arm.access, "task": self.ctx.task,
+                                 "seed": self.seed, "budget_tokens": b, "teacher_tokens": spent, "steps": step,
+                                 "lr": self.lr, "train_s": train_s, "budget_reached": spent >= b, **m,
+                                 **({"extra": dict(self.extra)} if self.extra else {})})
+        self.t0 += time.perf_counter() - self.t0 - train_s  # measuring does not count as training time
 
-    def local_teacher(self):
-        from providers.local import LocalTeacher
+    def check(self, model, step: int) -> None:
+        if not self.done and self.spent() >= self.budgets[len(self.records)]:
+            self._record(model, step, reached=True)
 
-        return LocalTeacher(self.teacher, self.tokenizer, spec="local:lab-teacher")
+    def finish(self, model, step: int) -> None:
+        if not self.done:
+            self._record(model, step, reached=False)
 
 
-class StopAtBudget(TrainerCallback):
-    """Stops a TRL trainer after the step on which `spent()` reaches `budget`."""
+class MilestoneCallback(TrainerCallback):
+    """The TRL hook: measure at milestones after each step, stop after the last one."""
 
-    def __init__(self, spent: Callable[[], float], budget: int):
-        self.spent, self.budget = spent, budget
+    def __init__(self, ms: Milestones, model):
+        self.ms, self.model = ms, model
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.spent() >= self.budget:
+        self.ms.check(self.model, state.global_step)
+        if self.ms.done:
             control.should_training_stop = True
         return control
 
 
 # --- arms -----------------------------------------------------------------------------------
-def run_arm(arm: Arm, ctx: LabContext, student, seed: int) -> ArmResult:
-    start_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    student = copy.deepcopy(student)
+def run_arm(arm: Arm, ctx, seed: int, lr: float, budgets: list[int], noise_l2: dict[int, float] | None = None) -> list[dict]:
+    """One arm x seed from the task's start; one record per budget milestone."""
+    student = ctx.fresh_student()
     t0 = time.perf_counter()
     if arm.kind == "none":
-        tokens, steps, extra = 0, 0, {}
-    elif arm.kind == "sft":
-        tokens, steps, extra = _sft(ctx, student, seed)
-    elif arm.kind == "opd":
-        tokens, steps, extra = _opd(ctx, student, seed)
-    elif arm.kind == "pipeline":
-        tokens, steps, extra = pipeline_arm(ctx, student, seed, arm.name, arm.overrides)
-    else:
-        raise ValueError(f"unknown arm kind {arm.kind!r}")
-    train_s = time.perf_counter() - t0
-    acc = ctx.held_out_accuracy(student)
-    moved = sum(float((v.detach() - start_weights[k]).float().norm()) ** 2 for k, v in student.state_dict().items()) ** 0.5
-    return ArmResult(arm.name, seed, acc, int(tokens), train_s, steps, {**extra, "weights_moved_l2": moved})
+        spent = lambda: 0  # noqa: E731
+        ms = Milestones(ctx, arm, seed, 0.0, budgets, spent, t0)
+        m = ctx.measure(student.eval(), seed, dev=True)
+        ms.records = [{"arm": arm.name, "access": arm.access, "task": ctx.task, "seed": seed, "budget_tokens": b,
+                       "teacher_tokens": 0, "steps": 0, "lr": 0.0, "train_s": 0.0, "budget_reached": True, **m}
+                      for b in budgets]
+        return ms.records
+    if arm.kind == "noise":
+        return _noise(arm, ctx, student, seed, budgets, noise_l2 or {})
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if arm.kind == "sft":
+        return _sft(arm, ctx, student, seed, lr, budgets, t0)
+    if arm.kind == "opd":
+        return _opd(arm, ctx, student, seed, lr, budgets, t0)
+    if arm.kind == "pipeline":
+        return pipeline_arm(arm, ctx, student, seed, lr, budgets, t0)
+    raise ValueError(f"unknown arm kind {arm.kind!r}")
 
 
-def collect_teacher_solutions(ctx: LabContext, budget: int, seed: int) -> tuple[list[tuple[str, str]], int]:
-    """Whole solutions from the teacher, as text via the provider interface, until `budget` tokens."""
+def _noise(arm: Arm, ctx, student, seed: int, budgets: list[int], noise_l2: dict[int, float]) -> list[dict]:
+    """Per milestone: the start plus a fixed random direction scaled to that milestone's L2."""
+    gen = torch.Generator().manual_seed(50_000 + seed)
+    start = ctx.start_state
+    direction = {k: torch.randn(v.shape, generator=gen) for k, v in start.items() if v.is_floating_point()}
+    norm = sum(float(d.pow(2).sum()) for d in direction.values()) ** 0.5
+    records = []
+    for b in budgets:
+        l2 = noise_l2.get(b, 0.0)
+        state = {k: (v + direction[k] * (l2 / norm) if k in direction else v) for k, v in start.items()}
+        student.load_state_dict(state)
+        m = ctx.measure(student.eval(), seed, dev=b == budgets[-1])
+        records.append({"arm": arm.name, "access": arm.access, "task": ctx.task, "seed": seed, "budget_tokens": b,
+                        "teacher_tokens": 0, "steps": 0, "lr": 0.0, "train_s": 0.0, "budget_reached": True,
+                        "noise_l2_target": l2, **m})
+    return records
+
+
+def buy_solutions(ctx, questions: list[str]) -> list[tuple[str, str, int]]:
+    """Whole solutions from the teacher as text via the provider interface: (q, text, tokens)."""
     from providers.base import Message, TeacherRequest
 
     teacher = ctx.local_teacher()
-    order = list(range(len(ctx.train)))
-    random.Random(seed).shuffle(order)
-    pairs: list[tuple[str, str]] = []
-    spent = 0
 
-    async def batch(qs: list[str]):
-        reqs = [TeacherRequest((Message("user", q),), "", 1, ctx.scale.max_new_tokens, temperature=1.0) for q in qs]
+    async def batch():
+        reqs = [TeacherRequest((Message("user", q),), "", 1, ctx.scale.max_new_tokens, temperature=1.0) for q in questions]
         return await asyncio.gather(*(teacher.sample(r) for r in reqs))
 
-    torch.manual_seed(seed)
-    i, per = 0, 64
-    while spent < budget and i < len(order):
-        qs = [ctx.train[j].question for j in order[i:i + per]]
-        i += per
-        for q, samples in zip(qs, asyncio.run(batch(qs))):
-            for s in samples:
-                if spent >= budget:
-                    break
-                pairs.append((q, s.text.strip()))
-                spent += int(s.output_tokens)
-    return pairs, spent
+    return [(q, s[0].text.strip(), int(s[0].output_tokens)) for q, s in zip(questions, asyncio.run(batch()))]
 
 
-def _sft(ctx: LabContext, student, seed: int) -> tuple[int, int, dict]:
+def _sft(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
+    """SFT on teacher solutions bought as training goes (64 at a time, cycling through the
+    shuffled training problems, so a budget larger than one pass buys several solutions per
+    problem); each bought batch is trained on for `sft_reuse` passes. Constant learning rate
+    after a 10-step warm-up, like the on-policy arms."""
     s = ctx.scale
-    pairs, spent = collect_teacher_solutions(ctx, s.budget_tokens, seed)
-    steps = max(1, math.ceil(s.sft_epochs * len(pairs) / s.arm_batch))
-    nets.sft(student, ctx.tokenizer, pairs, steps=steps, batch_size=s.arm_batch, lr=s.arm_lr, seed=seed, warmup=0)
-    return spent, steps, {"solutions": len(pairs)}
+    rng = random.Random(seed)
+    spent = {"tokens": 0}
+    ms = Milestones(ctx, arm, seed, lr, budgets, lambda: spent["tokens"], t0)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: min(1.0, (st + 1) / 10))
+    order: list[int] = []
+    step, bought = 0, 0
+    student.train()
+    while not ms.done and step < s.max_arm_steps:
+        if len(order) < 64:
+            more = list(range(len(ctx.train)))
+            rng.shuffle(more)
+            order += more
+        # buy up to 64 at a time, no more than the next milestone needs (by the mean length so far)
+        per = spent["tokens"] / bought if bought else s.max_new_tokens / 2
+        need = max(1, math.ceil((budgets[len(ms.records)] - spent["tokens"]) / max(1.0, per)))
+        n = min(64, max(min(8, need), need))
+        idx, order = order[:n], order[n:]
+        got = buy_solutions(ctx, [ctx.train[i].question for i in idx])
+        spent["tokens"] += sum(t for _, _, t in got)
+        bought += len(got)
+        data = nets.encode_pairs(ctx.tokenizer, [(q, text) for q, text, _ in got])
+        n_steps = max(1, math.ceil(s.sft_reuse * len(data) / s.arm_batch))
+        for _ in range(n_steps):
+            batch = nets.collate([data[i] for i in rng.sample(range(len(data)), min(s.arm_batch, len(data)))],
+                                 ctx.tokenizer.pad_token_id)
+            loss = student(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+        ms.extra = {"solutions": bought}
+        ms.check(student, step)
+    ms.finish(student, step)
+    return ms.records
 
 
-def _opd(ctx: LabContext, student, seed: int) -> tuple[int, int, dict]:
+def _opd(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
     from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
     from trl import DistillationConfig, DistillationTrainer
 
     s = ctx.scale
@@ -206,32 +281,28 @@ def _opd(ctx: LabContext, student, seed: int) -> tuple[int, int, dict]:
 
     args = DistillationConfig(
         output_dir=str(out), per_device_train_batch_size=s.prompts_per_step * s.generations, max_steps=s.max_arm_steps,
-        learning_rate=s.arm_lr, lr_scheduler_type="constant", warmup_steps=0, max_completion_length=s.max_new_tokens,
-        temperature=1.0, beta=1.0, gradient_checkpointing=False, bf16=False, use_cpu=True, logging_steps=1,
+        learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_completion_length=s.max_new_tokens,
+        temperature=1.0, beta=1.0, gradient_checkpointing=False, bf16=False, use_cpu=True, logging_steps=10**9,
         save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, max_grad_norm=1.0,
     )
     rows = [{"prompt": [{"role": "user", "content": p.question}]} for p in ctx.train]
+    ms = Milestones(ctx, arm, seed, lr, budgets, lambda: CountingDistillationTrainer.scored, t0)
     trainer = CountingDistillationTrainer(
         model=student, teacher_model=ctx.teacher, args=args, train_dataset=Dataset.from_list(rows),
-        processing_class=ctx.tokenizer,
-        callbacks=[StopAtBudget(lambda: CountingDistillationTrainer.scored, s.budget_tokens)],
+        processing_class=ctx.tokenizer, callbacks=[MilestoneCallback(ms, student)],
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # one dict per step on stdout otherwise
     trainer.train()
-    student.eval()
-    return CountingDistillationTrainer.scored, trainer.state.global_step, {}
+    ms.finish(student, trainer.state.global_step)
+    shutil.rmtree(out, ignore_errors=True)
+    return ms.records
 
 
-def pipeline_arm(ctx: LabContext, student, seed: int, name: str, overrides: dict[str, Any]) -> tuple[int, int, dict]:
-    """Train through omniopd's real entry point with the teacher behind the provider interface."""
+def pipeline_config(ctx, seed: int, lr: float, name: str, overrides: dict[str, Any]):
+    """The `omniopd train` configuration of a pipeline arm (raises ConfigError on an unknown key)."""
     from omniopd.config import build_config
-    from omniopd.train import run_train
 
     s = ctx.scale
-    out = ctx.workdir / f"{name}-{seed}"
-    shutil.rmtree(out, ignore_errors=True)
     base = {
         "student.model": "lab-student",
         "student.generations": s.generations,
@@ -242,22 +313,34 @@ def pipeline_arm(ctx: LabContext, student, seed: int, name: str, overrides: dict
         "data.answer_field": "answer",
         "scheduler.chunk_tokens": s.chunk_tokens,
         "scheduler.chunks_per_completion": s.chunks_per_completion,
-        "learner.learning_rate": s.arm_lr,
+        "learner.learning_rate": lr,
         "learner.prompts_per_step": s.prompts_per_step,
         "learner.max_steps": s.max_arm_steps,
         "learner.seed": seed,
-        "output.dir": str(out),
+        "output.dir": str(ctx.workdir / f"{name}-{seed}-lr{lr:g}"),
         "output.save_steps": 10**9,
         "output.save_total_limit": 1,
         # every arm pays for its own teacher samples: no sample cache shared across arms/seeds
         "cache.mode": "off",
         "cache.no_episodes": True,
     }
-    cfg = build_config(overrides={**base, **overrides})
+    return build_config(overrides={**base, **overrides})
+
+
+def pipeline_arm(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
+    """Train through omniopd's real entry point with the teacher behind the provider interface."""
+    from omniopd.train import run_train
+
+    cfg = pipeline_config(ctx, seed, lr, arm.name, arm.overrides)
+    shutil.rmtree(cfg.output.dir, ignore_errors=True)
     teacher = ctx.local_teacher()
     # teacher output tokens, plus the tokens a white-box method had the teacher score
     spent = lambda: teacher.usage_totals()["output_tokens"] + teacher.usage_totals().get("scored_tokens", 0.0)  # noqa: E731
+    ms = Milestones(ctx, arm, seed, lr, budgets, spent, t0)
     result = run_train(cfg, model=student, tokenizer=ctx.tokenizer, teacher=teacher, phi=ctx.phi(cfg.scorer.similarity),
-                       extra_callbacks=[StopAtBudget(spent, s.budget_tokens)], echo=False)
-    student.eval()
-    return int(spent()), result.steps, {"teacher_samples": result.teacher_samples}
+                       extra_callbacks=[MilestoneCallback(ms, student)], echo=False)
+    ms.extra = {"teacher_samples": result.teacher_samples}
+    ms.finish(student, result.steps)
+    for r in ms.records:
+        r.setdefault("extra", {})["metrics"] = str(cfg.output.dir) + "/metrics.jsonl"
+    return ms.records

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,17 +55,23 @@ def prompt_text(tokenizer, question: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(question, solution) -> (input ids, labels with the prompt masked to -100); EOS appended."""
+def encode_pairs(tokenizer, pairs: list[tuple[str, ...]]) -> list[tuple[list[int], list[int]]]:
+    """(question, solution) -> (input ids, labels with the prompt masked to -100); EOS appended.
+
+    A triple (question, prefix, rest) is a partial answer and its continuation: the prefix is
+    context (masked like the prompt), only the rest is learned."""
     out = []
-    for q, sol in pairs:
+    for item in pairs:
+        q, sol = item[0], item[-1]
         p = tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"]
-        c = tokenizer(sol, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(item) == 3 and item[1]:
+            p = p + tokenizer(item[1], add_special_tokens=False)["input_ids"]
+        c = (tokenizer(sol, add_special_tokens=False)["input_ids"] if sol else []) + [tokenizer.eos_token_id]
         out.append((p + c, [-100] * len(p) + c))
     return out
 
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     T = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), T), -100, dtype=torch.long)
@@ -76,9 +83,13 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def sft(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int, batch_size: int, lr: float, seed: int,
-        warmup: int | None = None, weight_decay: float = 0.0) -> list[float]:
-    """Train on (question, solution) pairs for `steps` optimizer steps; returns the loss curve."""
+def sft(model, tokenizer, pairs: list[tuple[str, ...]], *, steps: int, batch_size: int, lr: float, seed: int,
+        warmup: int | None = None, weight_decay: float = 0.0, schedule: str = "cosine",
+        stop: Callable[[int], bool] | None = None) -> list[float]:
+    """Train on (question, solution) pairs (or (question, prefix, rest) triples, see
+    `encode_pairs`) for `steps` optimizer steps; returns the loss curve. `schedule` is cosine
+    decay after warm-up, or constant; `stop(step)` is asked after each step (1-based) and ends
+    training early when it returns True (e.g. once a target accuracy is reached)."""
     if not pairs or steps <= 0:
         return []
     data = encode_pairs(tokenizer, pairs)
@@ -90,19 +101,21 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int, batch_siz
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     order: list[int] = []
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         if len(order) < batch_size:
             extra = list(range(len(data)))
             rng.shuffle(extra)
             order += extra
         idx, order = order[:batch_size], order[batch_size:]
-        batch = _collate([data[i] for i in idx], tokenizer.pad_token_id)
+        batch = collate([data[i] for i in idx], tokenizer.pad_token_id)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,5 +123,7 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int, batch_siz
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if stop is not None and stop(step + 1):
+            break
     model.eval()
     return losses

@@ -1,15 +1,24 @@
 """The controlled distillation lab, as one command.
 
-    python -m bench.lab.run --scale small            # ~30 min on 2 CPU cores
-    python -m bench.lab.run --scale large            # for a GPU
-    python -m bench.lab.run --scale tiny --seeds 1   # seconds; the smoke test's size
+    python -m bench.lab.run --scale small             # the default arms, both task families
+    python -m bench.lab.run --scale small --arms all --lr-sweep 3e-4,1e-3,3e-3 --name small-full
+    python -m bench.lab.run --scale tiny --seeds 1    # seconds; the smoke test's size
 
-Steps: draw train / held-out problems (disjoint), train a word-level tokenizer on the training
-texts, SFT a teacher until it is strong on the held-out split (cached under the work directory,
-keyed by the scale, so a second run reuses it), then per seed SFT a smaller student briefly on
-reference solutions (weak), and run every arm of `bench.lab.arms.ARMS` from that student at the
-same teacher budget. Writes `results.json` (every arm x seed), `results.md` (the table) and
-`accuracy_vs_tokens.png` into the output directory.
+Per task family (`arith`, `lists`; `bench.lab.tasks`): draw train / held-out / dev problems
+(disjoint, `--data-seed`), train a word-level tokenizer, train (or load from the cache) a teacher
+that also repairs corrupted prefixes and a mid-level start student (`bench.lab.prepare`), then
+
+1. the instrument checks (`bench.lab.checks`): teacher accuracy, teacher recovery from the
+   student's forks, the start's accuracy; the lab stops if one fails;
+2. the control arms (no-training, SFT on teacher solutions, white-box OPD) and the positive
+   control: SFT and OPD must beat no-training by > 2 s.e.; the lab stops if not;
+3. every other arm, then the noise floor (the start moved by random noise of the size the
+   trained arms moved it).
+
+Each arm x seed is one run measured at budget milestones (a learning curve). Jobs run in
+`--workers` processes (one torch thread each). Writes `bench/lab/results/<name>.json`
+(`records`, `checks`) and `<name>-<task>.png` after every finished job, and the run's files
+(logs, teachers' and students' run directories) under `runs/lab/<name>-<config key>`.
 """
 
 from __future__ import annotations
@@ -17,10 +26,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,42 +41,68 @@ from bench.lab.nets import NetSize
 class Scale:
     n_train: int
     n_test: int
+    n_dev: int
     teacher: NetSize
     teacher_steps: int
     teacher_lr: float
+    teacher_repair: float  # share of training problems that also get a repair example
     student: NetSize
-    student_steps: int
     student_lr: float
-    budget_tokens: int  # teacher output tokens per arm
-    arm_lr: float  # every arm trains the student at this learning rate
+    student_max_steps: int
+    start_target: float  # the start is trained until its dev greedy accuracy reaches this
+    start_eval_every: int
+    budget_tokens: int  # teacher tokens per arm (the last milestone)
+    milestones: tuple[float, ...]  # fractions of the budget where every arm is measured
+    arm_lr: float  # learning rate of an arm that has no tuned one
     arm_batch: int  # SFT arm batch (sequences)
-    sft_epochs: float
+    sft_reuse: float  # passes over each bought batch of teacher solutions
     prompts_per_step: int
     generations: int  # G (OPD uses prompts_per_step * generations completions per step too)
     teacher_samples: int  # N
     chunk_tokens: int  # C
     chunks_per_completion: int  # M
     max_arm_steps: int  # a cap; the budget normally stops an arm first
-    max_new_tokens: int = 64
-    eval_batch: int = 64
+    max_new_tokens: int = 32
+    eval_batch: int = 200
     seeds: int = 3
-    batch_size: int = 32  # teacher / student pre-training batch
+    batch_size: int = 32  # teacher / start pre-training batch
+    recovery_n: int = 128
+    teacher_min: float = 0.85
+    recovery_min: float = 0.8
+    recovery_flawed_min: float = 0.6
+    start_band: tuple[float, float] = (0.30, 0.45)
+
+    def budgets(self) -> list[int]:
+        return sorted({max(1, round(f * self.budget_tokens)) for f in self.milestones})
 
 
 SCALES: dict[str, Scale] = {
-    "tiny": Scale(n_train=200, n_test=16, teacher=NetSize(32, 1, 2, 64), teacher_steps=10, teacher_lr=3e-3,
-                  student=NetSize(16, 1, 2, 32), student_steps=5, student_lr=3e-3, budget_tokens=600, arm_lr=1e-3,
-                  arm_batch=8, sft_epochs=1, prompts_per_step=2, generations=2, teacher_samples=2, chunk_tokens=6,
-                  chunks_per_completion=2, max_arm_steps=2, max_new_tokens=32, eval_batch=16, seeds=1, batch_size=8),
-    "small": Scale(n_train=4000, n_test=200, teacher=NetSize(128, 4, 4, 384), teacher_steps=900, teacher_lr=3e-3,
-                   student=NetSize(64, 2, 4, 192), student_steps=150, student_lr=3e-3, budget_tokens=16000, arm_lr=5e-4,
-                   arm_batch=16, sft_epochs=2, prompts_per_step=4, generations=4, teacher_samples=4, chunk_tokens=8,
-                   chunks_per_completion=2, max_arm_steps=200),
-    "large": Scale(n_train=40000, n_test=1000, teacher=NetSize(384, 8, 8, 1152), teacher_steps=8000, teacher_lr=1e-3,
-                   student=NetSize(128, 3, 4, 384), student_steps=400, student_lr=2e-3, budget_tokens=400000, arm_lr=3e-4,
-                   arm_batch=32, sft_epochs=2, prompts_per_step=8, generations=8, teacher_samples=8, chunk_tokens=10,
-                   chunks_per_completion=3, max_arm_steps=2000, seeds=5),
+    "tiny": Scale(n_train=200, n_test=16, n_dev=16, teacher=NetSize(32, 1, 2, 64), teacher_steps=10, teacher_lr=3e-3,
+                  teacher_repair=0.5, student=NetSize(16, 1, 2, 32), student_lr=3e-3, student_max_steps=4,
+                  start_target=1.0, start_eval_every=2, budget_tokens=600, milestones=(0.25, 0.5, 0.75, 1.0),
+                  arm_lr=1e-3, arm_batch=8, sft_reuse=1, prompts_per_step=2, generations=2, teacher_samples=2,
+                  chunk_tokens=6, chunks_per_completion=2, max_arm_steps=4, max_new_tokens=24, eval_batch=16, seeds=1,
+                  batch_size=8, recovery_n=8, teacher_min=0.0, recovery_min=0.0, recovery_flawed_min=0.0,
+                  start_band=(0.0, 1.0)),
+    "small": Scale(n_train=4000, n_test=400, n_dev=200, teacher=NetSize(96, 3, 4, 288), teacher_steps=2400,
+                   teacher_lr=3e-3, teacher_repair=0.5, student=NetSize(64, 2, 4, 192), student_lr=1e-3,
+                   student_max_steps=3000, start_target=0.37, start_eval_every=20, budget_tokens=100_000,
+                   milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=1e-3, arm_batch=16, sft_reuse=2, prompts_per_step=4,
+                   generations=4, teacher_samples=4, chunk_tokens=8, chunks_per_completion=2, max_arm_steps=5000),
+    "large": Scale(n_train=40000, n_test=1000, n_dev=500, teacher=NetSize(256, 6, 8, 768), teacher_steps=8000,
+                   teacher_lr=1e-3, teacher_repair=0.5, student=NetSize(128, 3, 4, 384), student_lr=1e-3,
+                   student_max_steps=10000, start_target=0.37, start_eval_every=50, budget_tokens=1_000_000,
+                   milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=3e-4, arm_batch=32, sft_reuse=2, prompts_per_step=8,
+                   generations=8, teacher_samples=8, chunk_tokens=10, chunks_per_completion=3, max_arm_steps=20000,
+                   seeds=5),
 }
+
+TASKS = ("arith", "lists")
+CONTROL_ARMS = ("no-training", "sft", "opd")
+# the cold `--scale small` run: controls, the paper's loss, and the new signals that measured best
+DEFAULT_ARMS = ("no-training", "sft", "opd", "omniopd", "noise-floor")
+# learning rates chosen by the sweep of the full comparison (dev accuracy at the full budget)
+TUNED_LR: dict[str, float] = {}
 
 
 def scale_with(name: str, **changes) -> Scale:
@@ -77,180 +113,292 @@ def _log(msg: str) -> None:
     print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare(scale: Scale, workdir: Path, data_seed: int = 1234, retrain_teacher: bool = False):
-    """Problems, tokenizer and the trained teacher (cached), as a LabContext."""
+# --- work in worker processes ---------------------------------------------------------------------
+_CTX: dict = {}
+
+
+def _init_worker() -> None:
     import torch
 
-    from bench.lab import arms, nets, tasks, tokenizer as labtok
-    from omniopd.answers import is_correct  # noqa: F401  (fail early if math-verify is missing)
-    from omniopd.config import TrainConfig  # noqa: F401
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    train, test = tasks.make_splits(data_seed, scale.n_train, scale.n_test)
-    train_jsonl = workdir / "train.jsonl"
-    train_jsonl.write_text("".join(json.dumps(p.row()) + "\n" for p in train))
-    (workdir / "test.jsonl").write_text("".join(json.dumps(p.row()) + "\n" for p in test))
-    tok = labtok.train_tokenizer(tasks.corpus(train))
-    test_rows = [{"prompt": [{"role": "user", "content": p.question}], "answer": str(p.answer)} for p in test]
+    import transformers
 
-    from providers.base import stable_hash
-
-    key = stable_hash({"scale": dataclasses.asdict(scale.teacher), "steps": scale.teacher_steps, "lr": scale.teacher_lr,
-                       "n_train": scale.n_train, "seed": data_seed, "vocab": tok.get_vocab()})[:12]
-    tdir = workdir / f"teacher-{key}"
-    info: dict = {}
-    if (tdir / "config.json").is_file() and not retrain_teacher:
-        from transformers import LlamaForCausalLM
-
-        teacher = LlamaForCausalLM.from_pretrained(str(tdir)).eval()
-        info = json.loads((tdir / "lab_info.json").read_text())
-        info["cached"] = True
-        _log(f"teacher loaded from {tdir}")
-    else:
-        _log(f"training teacher ({nets.n_params(nets.build_model(scale.teacher, tok, 0)):,} params, {scale.teacher_steps} steps)")
-        t0 = time.perf_counter()
-        teacher = nets.build_model(scale.teacher, tok, seed=0)
-        losses = nets.sft(teacher, tok, [(p.question, p.solution) for p in train], steps=scale.teacher_steps,
-                          batch_size=scale.batch_size, lr=scale.teacher_lr, seed=0)
-        info = {"train_s": time.perf_counter() - t0, "final_loss": losses[-1], "params": nets.n_params(teacher), "cached": False}
-        teacher.save_pretrained(str(tdir))
-    ctx = arms.LabContext(scale, tok, teacher, train, test_rows, train_jsonl, workdir)
-    if "accuracy" not in info:
-        info["accuracy"] = ctx.held_out_accuracy(teacher)
-        (tdir / "lab_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "cached"}))
-    torch.manual_seed(0)
-    return ctx, info
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("omniopd").setLevel(logging.WARNING)
 
 
-def weak_student(ctx, seed: int):
-    """The seed's starting student: a smaller model, briefly trained on the reference solutions."""
-    from bench.lab import nets
+def _context(job: dict):
+    from bench.lab.prepare import prepare_task
 
-    s = ctx.scale
-    student = nets.build_model(s.student, ctx.tokenizer, seed=1000 + seed)
-    pairs = [(p.question, p.solution) for p in ctx.train]
-    nets.sft(student, ctx.tokenizer, pairs, steps=s.student_steps, batch_size=s.batch_size, lr=s.student_lr, seed=1000 + seed)
-    return student
+    key = (job["task"], job["run_dir"])
+    if key not in _CTX:
+        _CTX[key] = prepare_task(job["scale"], job["task"], job["data_seed"], Path(job["cache_dir"]),
+                                 Path(job["run_dir"]) / job["task"], retrain=job.get("retrain", False))
+    return _CTX[key]
 
 
-def run_lab(scale: Scale, workdir: Path, arm_names: list[str], seeds: int, retrain_teacher: bool = False,
-            on_result=None) -> dict:
-    """Every arm x seed; `on_result(partial_report)` is called after each one (progress saving)."""
+def _redirect(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a", buffering=1)
+    old = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = f
+    return f, old
+
+
+def _job(job: dict) -> dict:
+    """One unit of work in a worker: 'prepare' (a task's instrument + checks) or an arm x seed."""
+    _init_worker()
+    from bench.lab import arms, checks
+
+    log = Path(job["run_dir"]) / "logs" / f"{job['label']}.log"
+    f, old = _redirect(log)
+    t0 = time.perf_counter()
+    try:
+        ctx = _context(job)
+        if job["kind"] == "prepare":
+            return {"job": job["label"], "info": ctx.info, "checks": checks.before_arms(ctx), "wall_s": time.perf_counter() - t0}
+        arm = arms.ARMS[job["arm"]]
+        records = arms.run_arm(arm, ctx, job["seed"], job["lr"], job["budgets"], job.get("noise_l2"))
+        for r in records:
+            r["sweep"] = job.get("sweep", False)
+        return {"job": job["label"], "records": records, "wall_s": time.perf_counter() - t0}
+    except Exception as exc:  # noqa: BLE001 - reported per job; the lab goes on with the others
+        traceback.print_exc()
+        return {"job": job["label"], "error": f"{type(exc).__name__}: {exc}", "log": str(log), "wall_s": time.perf_counter() - t0}
+    finally:
+        sys.stdout, sys.stderr = old
+        f.close()
+
+
+class Runner:
+    """Runs jobs in a process pool (or inline with workers=1) and keeps the report current."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker) if workers > 1 else None
+
+    def map(self, jobs: list[dict], on_done) -> None:
+        if self.pool is None:
+            for j in jobs:
+                on_done(_job(j))
+            return
+        for res in self.pool.imap_unordered(_job, jobs):
+            on_done(res)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int, data_seed: int, run_dir: Path,
+            cache_dir: Path, workers: int = 1, lr_sweep: list[float] | None = None, arm_lr: float | None = None,
+            retrain: bool = False, ignore_checks: bool = False, on_update=None) -> dict:
+    """The whole lab (see module docstring); `on_update(report)` after every finished job."""
     from bench.lab import arms as armmod
+    from bench.lab import checks
 
     t_start = time.perf_counter()
-    ctx, teacher_info = prepare(scale, workdir, retrain_teacher=retrain_teacher)
-    _log(f"teacher held-out accuracy {teacher_info['accuracy']:.3f}")
-    results: list[dict] = []
+    budgets = scale.budgets()
+    report: dict = {"scale": dataclasses.asdict(scale), "tasks": tasks, "seeds": seeds, "data_seed": data_seed,
+                    "arms": arm_names, "budgets": budgets, "checks": {}, "records": [], "sweep_records": [],
+                    "errors": [], "lr": {}, "instrument": {}, "job_wall_s": {}, "stopped": None}
 
-    def report() -> dict:
-        return {"scale": dataclasses.asdict(scale), "teacher": teacher_info, "seeds": seeds, "arms": arm_names,
-                "results": list(results), "total_s": time.perf_counter() - t_start}
-    for seed in range(seeds):
-        t0 = time.perf_counter()
-        student = weak_student(ctx, seed)
-        _log(f"seed {seed}: student ready ({time.perf_counter() - t0:.0f}s)")
-        for name in arm_names:
-            r = armmod.run_arm(armmod.ARMS[name], ctx, student, seed)
-            results.append(dataclasses.asdict(r))
-            _log(f"seed {seed} {name:<16} acc {r.accuracy:.3f}  teacher tokens {r.teacher_tokens:>7}  "
-                 f"steps {r.steps:>4}  {r.wall_s:.0f}s")
-            if on_result is not None:
-                on_result(report())
-    return report()
+    def update() -> None:
+        report["total_s"] = time.perf_counter() - t_start
+        if on_update is not None:
+            on_update(report)
+
+    base = {"scale": scale, "data_seed": data_seed, "cache_dir": str(cache_dir), "run_dir": str(run_dir), "retrain": retrain}
+    runner = Runner(workers)
+    try:
+        # 1. the instrument and its checks, per task
+        def prepared(res: dict) -> None:
+            task = res["job"].split(":")[1]
+            report["job_wall_s"][res["job"]] = res["wall_s"]
+            if "error" in res:
+                report["errors"].append(res)
+                report["checks"][task] = {"prepare": {"passed": False, "error": res["error"]}}
+            else:
+                report["checks"][task] = res["checks"]
+                report["instrument"][task] = res["info"]
+            _log(f"{task}: instrument ready ({res['wall_s']:.0f}s)")
+            update()
+        runner.map([{**base, "kind": "prepare", "task": t, "label": f"prepare:{t}"} for t in tasks], prepared)
+        failed = [(t, n) for t, cs in report["checks"].items() for n, c in cs.items() if not c.get("passed")]
+        for t, cs in report["checks"].items():
+            for n, c in cs.items():
+                _log(f"check {t:<6} {n:<17} {c.get('figure', float('nan')):.3f}  {'passed' if c.get('passed') else 'FAILED'}  "
+                     + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
+                                 if k not in ('figure', 'passed')))
+        if failed and not ignore_checks:
+            report["stopped"] = f"instrument check(s) failed: {', '.join(f'{t}/{n}' for t, n in failed)}"
+            _log(f"STOP: {report['stopped']}")
+            update()
+            return report
+
+        start_acc = {t: report["checks"][t]["start_accuracy"]["figure"] for t in tasks}
+
+        def lr_of(arm: str) -> float:
+            if armmod.ARMS[arm].kind in ("none", "noise"):
+                return 0.0
+            return arm_lr if arm_lr is not None else TUNED_LR.get(arm, scale.arm_lr)
+
+        def done(res: dict) -> None:
+            report["job_wall_s"][res["job"]] = res["wall_s"]
+            if "error" in res:
+                report["errors"].append(res)
+                _log(f"{res['job']}: ERROR {res['error']} (log {res['log']})")
+            else:
+                rs = res["records"]
+                (report["sweep_records"] if rs and rs[0].get("sweep") else report["records"]).extend(rs)
+                last = rs[-1] if rs else {}
+                _log(f"{res['job']:<40} acc {last.get('accuracy', float('nan')):.3f}  t1 {last.get('accuracy_t1', float('nan')):.3f}  "
+                     f"tokens {last.get('teacher_tokens', 0):>7}  steps {last.get('steps', 0):>5}  {res['wall_s']:.0f}s")
+            update()
+
+        def job(arm: str, task: str, seed: int, lr: float, **kw) -> dict:
+            return {**base, "kind": "arm", "arm": arm, "task": task, "seed": seed, "lr": lr, "budgets": budgets,
+                    "label": f"{arm}:{task}:s{seed}:lr{lr:g}", **kw}
+
+        def run_arms(names: list[str]) -> None:
+            trained = [a for a in names if armmod.ARMS[a].kind not in ("none", "noise")]
+            if lr_sweep:
+                # the same sweep for every arm, on seed 0; the dev accuracy at the full budget picks
+                runner.map([job(a, t, 0, lr, sweep=True) for a in trained for t in tasks for lr in lr_sweep], done)
+                for a in trained:
+                    for t in tasks:
+                        rs = [r for r in report["sweep_records"] if r["arm"] == a and r["task"] == t
+                              and r["budget_tokens"] == budgets[-1]]
+                        if rs:
+                            report["lr"][f"{a}:{t}"] = max(rs, key=lambda r: (r.get("dev_accuracy", 0.0), -r["lr"]))["lr"]
+                # the chosen lr's seed-0 run is the seed-0 record
+                for r in report["sweep_records"]:
+                    if report["lr"].get(f"{r['arm']}:{r['task']}") == r["lr"] and r["seed"] == 0 and r["arm"] in trained:
+                        report["records"].append({**r, "sweep": False})
+            jobs = []
+            for a in names:
+                if armmod.ARMS[a].kind == "noise":
+                    continue
+                for t in tasks:
+                    lr = report["lr"].get(f"{a}:{t}", lr_of(a))
+                    for seed in range(seeds):
+                        if lr_sweep and a in trained and seed == 0:
+                            continue
+                        jobs.append(job(a, t, seed, lr))
+            runner.map(jobs, done)
+            for a in names:
+                for t in tasks:
+                    report["lr"].setdefault(f"{a}:{t}", report["lr"].get(f"{a}:{t}", lr_of(a)))
+
+        # 2. the controls and the positive control
+        controls = [a for a in CONTROL_ARMS if a in arm_names]
+        run_arms(controls)
+        for t in tasks:
+            report["checks"][t]["positive_control"] = checks.positive_control(report["records"], t, budgets[-1], start_acc[t])
+            pc = report["checks"][t]["positive_control"]
+            _log(f"check {t:<6} positive_control  {'passed' if pc['passed'] else 'FAILED'}  "
+                 + "; ".join(f"{a} {v.get('accuracy', float('nan')):.3f}±{v.get('se', float('nan')):.3f} (gain {v.get('gain', float('nan')):+.3f})"
+                             for a, v in pc["arms"].items()))
+        update()
+        failed = [t for t in tasks if not report["checks"][t]["positive_control"]["passed"]]
+        if failed and not ignore_checks and set(("sft", "opd")) <= set(arm_names):
+            report["stopped"] = f"positive control failed on {', '.join(failed)}"
+            _log(f"STOP: {report['stopped']}")
+            update()
+            return report
+
+        # 3. every other arm, then the noise floor at the size the trained arms moved
+        run_arms([a for a in arm_names if a not in controls and armmod.ARMS[a].kind != "noise"])
+        if "noise-floor" in arm_names:
+            jobs = []
+            for t in tasks:
+                moved = {}
+                for b in budgets:
+                    l2s = [r["weights_l2"] for r in report["records"] if r["task"] == t and r["budget_tokens"] == b
+                           and armmod.ARMS[r["arm"]].kind not in ("none", "noise")]
+                    moved[b] = sum(l2s) / len(l2s) if l2s else 0.0
+                jobs += [job("noise-floor", t, seed, 0.0, noise_l2=moved) for seed in range(seeds)]
+            runner.map(jobs, done)
+        update()
+        return report
+    finally:
+        runner.close()
 
 
-def summarize(report: dict) -> list[dict]:
-    """Per arm: mean accuracy, its standard error over seeds, mean teacher tokens and wall time."""
-    rows = []
-    for name in report["arms"]:
-        rs = [r for r in report["results"] if r["arm"] == name]
-        if not rs:
-            continue
-        accs = [r["accuracy"] for r in rs]
-        se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
-        rows.append({"arm": name, "accuracy": statistics.fmean(accs), "se": se, "n": len(accs),
-                     "teacher_tokens": statistics.fmean(r["teacher_tokens"] for r in rs),
-                     "wall_s": statistics.fmean(r["wall_s"] for r in rs), "steps": statistics.fmean(r["steps"] for r in rs)})
-    return rows
+def config_key(scale: Scale, tasks: list[str], data_seed: int) -> str:
+    from providers.base import stable_hash
 
-
-def table_md(report: dict) -> str:
-    from bench.lab.arms import ARMS
-
-    lines = ["| arm | held-out accuracy (mean ± s.e.) | seeds | teacher tokens | steps | train wall s | what it is |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in summarize(report):
-        se = "n/a" if r["se"] != r["se"] else f"{r['se']:.3f}"
-        lines.append(f"| {r['arm']} | {r['accuracy']:.3f} ± {se} | {r['n']} | {r['teacher_tokens']:.0f} | {r['steps']:.0f} | "
-                     f"{r['wall_s']:.0f} | {ARMS[r['arm']].help} |")
-    t = report["teacher"]
-    lines.append("")
-    lines.append(f"Teacher held-out accuracy: {t['accuracy']:.3f} ({t.get('params', '?'):,} parameters"
-                 + (", cached from an earlier run" if t.get("cached") else f", trained in {t.get('train_s', 0):.0f} s") + ").")
-    lines.append(f"Whole run: {report['total_s']:.0f} s.")
-    return "\n".join(lines)
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summarize(report)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for r in rows:
-        yerr = None if r["se"] != r["se"] else r["se"]
-        ax.errorbar(r["teacher_tokens"], r["accuracy"], yerr=yerr, fmt="o", capsize=3, label=r["arm"])
-    ax.axhline(report["teacher"]["accuracy"], color="gray", ls="--", lw=1, label="teacher")
-    ax.set_xlabel("teacher output tokens per arm")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"lab: accuracy vs teacher tokens ({report['seeds']} seeds, mean ± s.e.)")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return stable_hash({"scale": dataclasses.asdict(scale), "tasks": tasks, "data_seed": data_seed})[:8]
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from bench.lab import report as rep
     from bench.lab.arms import ARMS
 
     p = argparse.ArgumentParser(prog="python -m bench.lab.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's, >= 3 for small/large)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
-    p.add_argument("--out", default=None, help="output directory (default runs/lab/<scale>)")
-    p.add_argument("--retrain-teacher", action="store_true", help="ignore a cached teacher")
-    p.add_argument("--budget", type=int, default=None, help="teacher output tokens per arm (default: the scale's)")
-    p.add_argument("--arm-lr", type=float, default=None, help="learning rate of every arm (default: the scale's)")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arms, or 'all': {', '.join(ARMS)}")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated task families: {', '.join(TASKS)}")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's, 3 for small)")
+    p.add_argument("--data-seed", type=int, default=1234, help="seed of the problems (fresh problems: another value)")
+    p.add_argument("--budget", type=int, default=None, help="teacher tokens per arm, the last milestone (default: the scale's)")
+    p.add_argument("--arm-lr", type=float, default=None, help="one learning rate for every trained arm (default: tuned per arm)")
+    p.add_argument("--lr-sweep", default=None, help="comma-separated learning rates: every trained arm runs each on seed 0, "
+                   "the best dev accuracy at the full budget is kept for all seeds")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
+    p.add_argument("--name", default=None, help="results name: bench/lab/results/<name>.json (default: the scale)")
+    p.add_argument("--results-dir", default="bench/lab/results")
+    p.add_argument("--out", default=None, help="run directory (default runs/lab/<name>-<config key>)")
+    p.add_argument("--cache-dir", default="runs/lab/cache", help="trained teachers and starts, keyed by their config")
+    p.add_argument("--retrain", action="store_true", help="ignore cached teachers and starts (a cold run)")
+    p.add_argument("--ignore-checks", action="store_true", help="run the arms even if an instrument check fails (diagnosis only)")
     args = p.parse_args(argv)
-    unknown = [a for a in args.arms.split(",") if a not in ARMS]
+    names = list(ARMS) if args.arms == "all" else args.arms.split(",")
+    unknown = [a for a in names if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    changes = {k: v for k, v in (("budget_tokens", args.budget), ("arm_lr", args.arm_lr)) if v is not None}
+    tasks = args.tasks.split(",")
+    if bad := [t for t in tasks if t not in TASKS]:
+        p.error(f"unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}")
+    changes = {"budget_tokens": args.budget} if args.budget else {}
     scale = scale_with(args.scale, **changes)
     seeds = args.seeds or scale.seeds
-    out = Path(args.out or f"runs/lab/{args.scale}")
+    name = args.name or args.scale
+    run_dir = Path(args.out or f"runs/lab/{name}-{config_key(scale, tasks, args.data_seed)}")
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.lab.run " + " ".join(sys.argv[1:] if argv is None else argv)
 
-    def save(report: dict) -> str:
+    def save(report: dict) -> None:
         report["command"] = command
-        (out / "results.json").write_text(json.dumps(report, indent=2))
-        md = table_md(report)
-        (out / "results.md").write_text(md + "\n")
-        plot(report, out / "accuracy_vs_tokens.png")
-        return md
+        report["run_dir"] = str(run_dir)
+        tmp = results / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        tmp.replace(results / f"{name}.json")
+        if report["records"]:
+            rep.plot(report, results / name)
 
-    report = run_lab(scale, out, args.arms.split(","), seeds, retrain_teacher=args.retrain_teacher, on_result=save)
-    md = save(report)
-    print(md)
-    print(f"wrote {out}/results.json, results.md, accuracy_vs_tokens.png")
-    return 0
+    sweep = [float(x) for x in args.lr_sweep.split(",")] if args.lr_sweep else None
+    _log(f"run dir {run_dir}; results {results / name}.json; arms {', '.join(names)}; tasks {', '.join(tasks)}; "
+         f"{seeds} seeds; budgets {scale.budgets()}; {args.workers} workers")
+    report = run_lab(scale, names, tasks=tasks, seeds=seeds, data_seed=args.data_seed, run_dir=run_dir,
+                     cache_dir=Path(args.cache_dir), workers=args.workers, lr_sweep=sweep, arm_lr=args.arm_lr,
+                     retrain=args.retrain, ignore_checks=args.ignore_checks, on_update=save)
+    save(report)
+    print(rep.checks_md(report))
+    print()
+    print(rep.table_md(report))
+    print(f"\nwhole run {report['total_s']:.0f} s; wrote {results / name}.json and plots")
+    return 1 if report["stopped"] else 0
 
 
 if __name__ == "__main__":

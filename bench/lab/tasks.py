@@ -1,18 +1,29 @@
-"""Seeded multi-step arithmetic word problems with exact answers and worked solutions.
+"""Seeded task families with exact answers and worked solutions: the lab's problems.
 
-Each problem comes from one of several templates (two or three arithmetic steps: +, -, x and
-exact division), a name, an item and numbers drawn from small ranges, so a tiny model can learn
-the arithmetic facts involved. Texts are lowercase with every word, number and punctuation mark
-separated by one space: the lab's word-level tokenizer then round-trips text exactly, which the
-provider interface needs (the teacher continues the student's prefix as text).
+Two families, each a set of templates drawn in turn:
 
-`make_splits(seed, n_train, n_test)` returns disjoint train and held-out lists: a problem is
-identified by its question text, and no held-out question appears in the training split.
+- `arith`: two- or three-step arithmetic word problems (+, -, x, exact division) about a name
+  and an item. The solution copies the item name into every step; those copied words do not
+  change the answer, only the numbers do.
+- `lists`: operations on a short list of digits (pick items by position, largest minus
+  smallest, reverse, sort). The solution copies list items, and every copied token matters:
+  copy one wrong and the answer is wrong.
+
+Solutions are short (12-25 tokens) so that rollouts, teacher samples and evaluation are cheap
+on a CPU. Texts are lowercase with every word, number and punctuation mark separated by one
+space: the lab's word-level tokenizer then round-trips text exactly, which the provider
+interface needs (the teacher continues the student's prefix as text). Every solution ends with
+`#### N`, N a non-negative integer below 200 (one token).
+
+`make_splits(seed, n_train, n_test, family)` returns disjoint train and held-out lists: a
+problem is identified by its question text, and no held-out question appears in the training
+split. `corrupt_prefix` makes the imperfect prefixes the teacher learns to repair.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,13 +43,14 @@ class Problem:
         return {"question": self.question, "answer": str(self.answer)}
 
 
+# --- arithmetic word problems -----------------------------------------------------------------
 def _t_buy_give(r: random.Random) -> Problem:
     n, it = r.choice(NAMES), r.choice(ITEMS)
     a, b = r.randint(2, 15), r.randint(2, 9)
     c = r.randint(1, min(9, a + b - 1))
     s1, s2 = a + b, a + b - c
     q = f"{n} has {a} {it} . {n} buys {b} more {it} and then gives {c} away . how many {it} does {n} have now ?"
-    s = f"{n} starts with {a} {it} . after buying {b} more , {n} has {a} + {b} = {s1} . after giving {c} away , {n} has {s1} - {c} = {s2} . #### {s2}"
+    s = f"{n} has {a} + {b} = {s1} {it} . then {s1} - {c} = {s2} {it} . #### {s2}"
     return Problem(q, s, s2, "buy_give")
 
 
@@ -48,7 +60,7 @@ def _t_boxes_eat(r: random.Random) -> Problem:
     c = r.randint(1, min(9, a * b - 1))
     s1, s2 = a * b, a * b - c
     q = f"{n} buys {a} boxes of {it} . each box holds {b} {it} . {n} uses {c} of them . how many {it} are left ?"
-    s = f"{a} boxes with {b} {it} each make {a} * {b} = {s1} {it} . after using {c} , {s1} - {c} = {s2} are left . #### {s2}"
+    s = f"{a} * {b} = {s1} {it} . {s1} - {c} = {s2} {it} are left . #### {s2}"
     return Problem(q, s, s2, "boxes_eat")
 
 
@@ -58,7 +70,7 @@ def _t_times_together(r: random.Random) -> Problem:
     a, b = r.randint(2, 12), r.randint(2, 6)
     s1, s2 = a * b, a + a * b
     q = f"{n} has {a} {it} . {m} has {b} times as many {it} as {n} . how many {it} do they have together ?"
-    s = f"{m} has {b} * {a} = {s1} {it} . together they have {a} + {s1} = {s2} {it} . #### {s2}"
+    s = f"{m} has {b} * {a} = {s1} {it} . {a} + {s1} = {s2} {it} . #### {s2}"
     return Problem(q, s, s2, "times_together")
 
 
@@ -68,7 +80,7 @@ def _t_earn_spend(r: random.Random) -> Problem:
     c = r.randint(1, min(9, a * b - 1))
     s1, s2 = a * b, a * b - c
     q = f"{n} earns {a} dollars a day for {b} days and then spends {c} dollars . how many dollars does {n} have left ?"
-    s = f"in {b} days {n} earns {a} * {b} = {s1} dollars . after spending {c} , {n} has {s1} - {c} = {s2} dollars . #### {s2}"
+    s = f"{n} earns {a} * {b} = {s1} dollars . {s1} - {c} = {s2} dollars . #### {s2}"
     return Problem(q, s, s2, "earn_spend")
 
 
@@ -78,7 +90,7 @@ def _t_share_more(r: random.Random) -> Problem:
     a, c = b * s1, r.randint(1, 9)
     s2 = s1 + c
     q = f"{a} {it} are shared equally among {b} kids . then each kid gets {c} more {it} . how many {it} does each kid have ?"
-    s = f"each kid first gets {a} / {b} = {s1} {it} . with {c} more , each kid has {s1} + {c} = {s2} {it} . #### {s2}"
+    s = f"{a} / {b} = {s1} {it} . {s1} + {c} = {s2} {it} each . #### {s2}"
     return Problem(q, s, s2, "share_more")
 
 
@@ -89,8 +101,7 @@ def _t_packs_lose(r: random.Random) -> Problem:
     d = r.randint(1, min(9, s2 - 1))
     s3 = s2 - d
     q = f"{n} has {a} {it} and buys {b} packs of {c} {it} . then {n} loses {d} {it} . how many {it} does {n} have ?"
-    s = (f"{b} packs of {c} make {b} * {c} = {s1} {it} . with the first {a} , {n} has {a} + {s1} = {s2} . "
-         f"after losing {d} , {n} has {s2} - {d} = {s3} {it} . #### {s3}")
+    s = f"{b} * {c} = {s1} {it} . {a} + {s1} = {s2} . {s2} - {d} = {s3} {it} . #### {s3}"
     return Problem(q, s, s3, "packs_lose")
 
 
@@ -104,17 +115,86 @@ TEMPLATES: dict[str, Callable[[random.Random], Problem]] = {
 }
 
 
-def generate(rng: random.Random, n: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:
+# --- list operations ----------------------------------------------------------------------------
+ORDINALS = ["1", "2", "3", "4", "5", "6"]
+
+
+def _digits(r: random.Random, n: int, distinct: bool = False) -> list[int]:
+    return r.sample(range(1, 10), n) if distinct else [r.randint(1, 9) for _ in range(n)]
+
+
+def _show(xs: list[int]) -> str:
+    return " ".join(str(x) for x in xs)
+
+
+def _l_pick_add(r: random.Random) -> Problem:
+    xs = _digits(r, r.choice([5, 6]))
+    i, j = r.sample(range(len(xs)), 2)
+    s = xs[i] + xs[j]
+    q = f"list {_show(xs)} . add item {i + 1} and item {j + 1} ."
+    sol = f"item {i + 1} is {xs[i]} . item {j + 1} is {xs[j]} . {xs[i]} + {xs[j]} = {s} . #### {s}"
+    return Problem(q, sol, s, "pick_add")
+
+
+def _l_pick_mul(r: random.Random) -> Problem:
+    xs = _digits(r, r.choice([5, 6]))
+    i, j = r.sample(range(len(xs)), 2)
+    s = xs[i] * xs[j]
+    q = f"list {_show(xs)} . multiply item {i + 1} by item {j + 1} ."
+    sol = f"item {i + 1} is {xs[i]} . item {j + 1} is {xs[j]} . {xs[i]} * {xs[j]} = {s} . #### {s}"
+    return Problem(q, sol, s, "pick_mul")
+
+
+def _l_max_min(r: random.Random) -> Problem:
+    xs = _digits(r, r.choice([5, 6]))
+    hi, lo = max(xs), min(xs)
+    q = f"list {_show(xs)} . largest minus smallest ?"
+    sol = f"largest is {hi} . smallest is {lo} . {hi} - {lo} = {hi - lo} . #### {hi - lo}"
+    return Problem(q, sol, hi - lo, "max_min")
+
+
+def _l_reverse_add(r: random.Random) -> Problem:
+    xs = _digits(r, 5)
+    ys = xs[::-1]
+    s = ys[0] + ys[1] + ys[2]
+    q = f"list {_show(xs)} . reverse it and add the first three ."
+    sol = f"reversed {_show(ys)} . {ys[0]} + {ys[1]} = {ys[0] + ys[1]} . {ys[0] + ys[1]} + {ys[2]} = {s} . #### {s}"
+    return Problem(q, sol, s, "reverse_add")
+
+
+def _l_sort_second(r: random.Random) -> Problem:
+    xs = _digits(r, 5, distinct=True)
+    ys = sorted(xs)
+    q = f"list {_show(xs)} . sort it and add the two smallest ."
+    s = ys[0] + ys[1]
+    sol = f"sorted {_show(ys)} . {ys[0]} + {ys[1]} = {s} . #### {s}"
+    return Problem(q, sol, s, "sort_add")
+
+
+LIST_TEMPLATES: dict[str, Callable[[random.Random], Problem]] = {
+    "pick_add": _l_pick_add,
+    "pick_mul": _l_pick_mul,
+    "max_min": _l_max_min,
+    "reverse_add": _l_reverse_add,
+    "sort_add": _l_sort_second,
+}
+
+FAMILIES: dict[str, dict[str, Callable[[random.Random], Problem]]] = {"arith": TEMPLATES, "lists": LIST_TEMPLATES}
+
+
+def generate(rng: random.Random, n: int, exclude: set[str] | frozenset[str] = frozenset(),
+             family: str = "arith") -> list[Problem]:
     """`n` distinct problems (templates in turn), none whose question is in `exclude`."""
+    templates = FAMILIES[family]
     out: list[Problem] = []
     seen = set(exclude)
-    names = list(TEMPLATES)
+    names = list(templates)
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > 50 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct problems; the templates' space is too small")
-        p = TEMPLATES[names[len(out) % len(names)]](rng)
+        p = templates[names[len(out) % len(names)]](rng)
         if p.question in seen:
             continue
         seen.add(p.question)
@@ -122,15 +202,48 @@ def generate(rng: random.Random, n: int, exclude: set[str] | frozenset[str] = fr
     return out
 
 
-def make_splits(seed: int, n_train: int, n_test: int) -> tuple[list[Problem], list[Problem]]:
-    """(train, held-out): disjoint by question; the held-out split is drawn first so its
-    content does not depend on n_train."""
-    rng = random.Random(seed)
-    test = generate(rng, n_test)
-    train = generate(rng, n_train, exclude={p.question for p in test})
-    return train, test
+def make_splits(seed: int, n_train: int, n_test: int, family: str = "arith",
+                n_dev: int = 0) -> tuple[list[Problem], list[Problem]] | tuple[list[Problem], list[Problem], list[Problem]]:
+    """(train, held-out), or (train, held-out, dev) when `n_dev` > 0: disjoint by question. The
+    held-out split is drawn first so its content does not depend on n_train; dev (used only to
+    choose learning rates and the student's start) comes next."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task family {family!r}; known: {', '.join(FAMILIES)}")
+    rng = random.Random(f"{family}:{seed}" if family != "arith" else seed)
+    test = generate(rng, n_test, family=family)
+    seen = {p.question for p in test}
+    dev = generate(rng, n_dev, exclude=seen, family=family) if n_dev else []
+    seen |= {p.question for p in dev}
+    train = generate(rng, n_train, exclude=seen, family=family)
+    return (train, test, dev) if n_dev else (train, test)
 
 
 def corpus(problems: list[Problem]) -> list[str]:
     """All texts the tokenizer is trained on."""
     return [t for p in problems for t in (p.question, p.solution)]
+
+
+_NUM = re.compile(r"^\d+$")
+
+
+def corrupt_prefix(solution: str, rng: random.Random) -> tuple[str, str] | None:
+    """(prefix with one number changed, the correct rest of the solution).
+
+    One number of the solution (a copied operand, an intermediate result or a list item, never
+    the final answer after ####) is moved by 1-3, and the solution is cut somewhere after it.
+    Trained on (question, bad prefix) -> correct rest, the teacher learns to finish correctly
+    from a prefix that already holds a mistake, which is what a teacher continuing a student's
+    rollouts at its forks has to do. None if the solution has no number to corrupt.
+    """
+    words = solution.split(" ")
+    end = words.index("####") if "####" in words else len(words)
+    nums = [i for i in range(end) if _NUM.match(words[i])]
+    if not nums:
+        return None
+    i = rng.choice(nums)
+    v = int(words[i])
+    bad = [w for w in (v + d for d in (-3, -2, -1, 1, 2, 3)) if 0 <= w < 200]
+    words = list(words)
+    words[i] = str(rng.choice(bad))
+    cut = rng.randint(i + 1, end)  # the prefix ends after the bad number, before the answer line
+    return " ".join(words[:cut]), " ".join(words[cut:])
