@@ -138,7 +138,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     pipeline = None
     if cfg.method.name == "omniopd":
         if phi is None:
-            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
+            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=tokenizer)
         sched = ForkScheduler(cfg.scheduler.chunk_tokens, cfg.scheduler.chunks_per_completion,
                               cfg.scheduler.batch_budget, cfg.scheduler.selection)
         pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
@@ -203,12 +203,13 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
     """
     import torch
 
+    from omniopd.methods.blackbox import blackbox_enabled
     from omniopd.methods.drift_gate import DriftGate
     from omniopd.methods.signals import MethodSignals
 
     M = cfg.method
     gate = DriftGate.build(M.drift_gate, tokenizer, block=M.gate_block_tokens, tau=M.gate_tau)
-    if M.name == "omniopd" and not M.verifier_gate:
+    if M.name == "omniopd" and not M.verifier_gate and not blackbox_enabled(M):
         return None, gate
     needs_answers = M.name == "sg-opd" or M.verifier_gate
     if needs_answers and not any(r.get("answer") for r in rows):

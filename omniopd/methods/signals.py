@@ -6,7 +6,9 @@ method, all math delegated to the pure modules next to this one:
 
 | method  | teacher access     | advantages A_t                                 | extras                          |
 | ------- | ------------------ | ---------------------------------------------- | ------------------------------- |
-| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate)      | KL anchor on unaudited tokens   |
+| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate),     | KL anchor on unaudited tokens;  |
+|         |                    | minus a baseline (--pihat-baseline)            | fork-imitation and draft rows   |
+|         |                    |                                                | (methods/blackbox.py)           |
 | opd     | white-box          | log pi_T - log pi_old                          | -                               |
 | sg-opd  | white-box + verif. | lambda_t * (log pi_T - log pi_old); 1 on       | teacher rows in the cold start  |
 |         |                    | verified teacher rows                          |                                 |
@@ -28,9 +30,10 @@ import torch
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
 from omniopd.methods import opd, sg_opd, tropd
+from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
-from omniopd.methods.verifier_gate import gated_advantages_B_T
+from omniopd.methods.verifier_gate import gated_advantages_B_T, verdict_scale_B
 from omniopd.rollouts import Rollouts
 from providers.base import TeacherRequest
 from providers.local import messages_from_chat
@@ -48,6 +51,7 @@ class ScoredBatch:
     audit_mask_B_T: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    student_rows: int | None = None  # rows past this were appended by a signal: not in the loss normaliser
 
 
 class MethodSignals:
@@ -76,6 +80,10 @@ class MethodSignals:
             raise ValueError(f"method {self.method} needs a white-box teacher (providers.whitebox.whitebox_for)")
         if self.method in ("sg-opd", "tropd") and teacher is None:
             raise ValueError(f"method {self.method} samples teacher completions: pass teacher=")
+        self.blackbox = None
+        if self.method == "omniopd" and blackbox_enabled(cfg):
+            self.blackbox = BlackBoxSignals(cfg, tokenizer, group_size=group_size, max_new_tokens=max_new_tokens,
+                                            phi=pipeline.phi, trim_slack=pipeline.trim_slack, temperature=temperature)
 
     @property
     def needs_logits(self) -> bool:
@@ -89,7 +97,7 @@ class MethodSignals:
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
         if self.method == "omniopd":
-            return self._omniopd(rollouts, golds, step)
+            return self._omniopd(rollouts, golds, step, student)
         if self.method == "opd":
             out = self._opd(rollouts)
         elif self.method == "sg-opd":
@@ -100,13 +108,20 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
-    def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
+    def _omniopd(self, rollouts, golds, step, student) -> ScoredBatch:
         audit = self.pipeline.audit(rollouts, step=step)
         adv, metrics = audit.advantages_B_T, dict(audit.metrics)
+        v = None
         if self.cfg.verifier_gate:
             v = verdicts_B(self.verifier, rollouts.completions, golds)
-            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
             metrics.update(_verdict_metrics(v))
+        if self.blackbox is not None:  # baseline, drafts, fork imitation (issue 9)
+            scale = None if v is None else verdict_scale_B(v, self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+            bb = self.blackbox.score(audit, rollouts, student, scale)
+            metrics.update(bb.metrics)
+            return ScoredBatch(bb.rollouts, bb.advantages_B_T, bb.audit_mask_B_T, metrics=metrics, student_rows=bb.student_rows)
+        if v is not None:
+            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
         return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, metrics=metrics)
 
     def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
