@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import random
 import re
 
 import pytest
@@ -15,26 +15,57 @@ def _check_solution(p: tasks.Problem) -> None:
     """Every 'x op y = z' step in the solution is true arithmetic, and the last one is the answer."""
     ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
     steps = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", p.solution)
-    assert len(steps) >= 2, p.solution
+    assert len(steps) >= 1, p.solution
     for a, op, b, z in steps:
         assert ops[op](int(a), int(b)) == int(z), p.solution
     assert int(steps[-1][3]) == p.answer
     assert p.solution.endswith(f"#### {p.answer}")
+    assert 0 <= p.answer < 200
 
 
-def test_problems_are_exact_seeded_and_splits_disjoint():
-    train, test = tasks.make_splits(7, 600, 120)
-    assert len(train) == 600 and len(test) == 120
-    assert not {p.question for p in train} & {p.question for p in test}
-    assert len({p.question for p in train}) == 600
-    assert {p.template for p in test} == set(tasks.TEMPLATES)
+def _list_answer(q: str) -> int:
+    """The lists family's answer recomputed from the question text alone."""
+    xs = [int(w) for w in q.split(" . ")[0].split()[1:]]
+    if "add item" in q or "multiply item" in q:
+        i, j = (int(x) - 1 for x in re.findall(r"item (\d+)", q))
+        return xs[i] + xs[j] if "add" in q else xs[i] * xs[j]
+    if "largest minus smallest" in q:
+        return max(xs) - min(xs)
+    if "reverse" in q:
+        return sum(xs[::-1][:3])
+    if "two smallest" in q:
+        return sum(sorted(xs)[:2])
+    raise AssertionError(q)
+
+
+@pytest.mark.parametrize("family", ["arith", "lists"])
+def test_problems_are_exact_seeded_and_splits_disjoint(family):
+    train, test, dev = tasks.make_splits(7, 600, 120, family, n_dev=50)
+    assert len(train) == 600 and len(test) == 120 and len(dev) == 50
+    qs = [{p.question for p in split} for split in (train, test, dev)]
+    assert not (qs[0] & qs[1]) and not (qs[0] & qs[2]) and not (qs[1] & qs[2])
+    assert len(qs[0]) == 600
+    assert {p.template for p in test} == set(tasks.FAMILIES[family])
     for p in train + test:
         _check_solution(p)
-        assert p.answer >= 0
-    again, _ = tasks.make_splits(7, 600, 120)
-    assert [p.question for p in again] == [p.question for p in train]
-    other, _ = tasks.make_splits(8, 600, 120)
+        if family == "lists":
+            assert _list_answer(p.question) == p.answer, p.question
+    again_tr, again_te, _ = tasks.make_splits(7, 600, 120, family, n_dev=50)
+    assert [p.question for p in again_tr] == [p.question for p in train]
+    other, _, _ = tasks.make_splits(8, 600, 120, family, n_dev=50)
     assert [p.question for p in other] != [p.question for p in train]
+
+
+def test_corrupt_prefix_changes_one_number_before_the_answer():
+    rng = random.Random(0)
+    train, _ = tasks.make_splits(3, 200, 10, "arith")
+    for p in train:
+        prefix, rest = tasks.corrupt_prefix(p.solution, rng)
+        words, ref = (prefix + " " + rest).split(" "), p.solution.split(" ")
+        assert len(words) == len(ref)
+        diff = [i for i, (a, b) in enumerate(zip(words, ref)) if a != b]
+        assert len(diff) == 1 and diff[0] < len(prefix.split(" ")) and 1 <= abs(int(words[diff[0]]) - int(ref[diff[0]])) <= 3
+        assert rest.endswith(f"#### {p.answer}")
 
 
 def test_tokenizer_round_trips_and_has_a_chat_template():
@@ -55,26 +86,44 @@ def test_tokenizer_round_trips_and_has_a_chat_template():
 
 @pytest.mark.slow
 def test_every_arm_runs_at_tiny_size(tmp_path):
-    """One seed, two steps per arm: every arm trains (weights move), spends about its teacher
-    budget (trained arms) and reports an accuracy in [0, 1]."""
+    """One seed, a few steps per arm (on the lists family; both families' instruments and the
+    control arms on arith too): every arm trains (weights move), spends about its teacher
+    budget, and the results carry one record per arm x task x seed x milestone with the fields
+    the issue asks for, and the checks per task."""
     from bench.lab.arms import ARMS
-    from bench.lab.run import SCALES, run_lab, table_md
+    from bench.lab.report import table_md
+    from bench.lab.run import SCALES, TASKS, run_lab
 
     scale = SCALES["tiny"]
-    report = run_lab(scale, tmp_path / "lab", list(ARMS), seeds=1)
-    by_arm = {r["arm"]: r for r in report["results"]}
-    assert set(by_arm) == set(ARMS)
-    for name, r in by_arm.items():
-        assert 0.0 <= r["accuracy"] <= 1.0 and not math.isnan(r["accuracy"])
-        if name == "no-training":
-            assert r["teacher_tokens"] == 0 and r["extra"]["weights_moved_l2"] == 0.0
-            continue
-        assert r["teacher_tokens"] > 0, name
-        assert r["steps"] >= 1, name
-        assert r["extra"]["weights_moved_l2"] > 0.0, name
-    # SFT stops collecting solutions at the budget (one solution of overshoot at most)
-    assert scale.budget_tokens <= by_arm["sft"]["teacher_tokens"] <= scale.budget_tokens + scale.max_new_tokens
-    assert 0.0 <= report["teacher"]["accuracy"] <= 1.0
+    budgets = scale.budgets()
+    assert len(budgets) >= 4
+    report = run_lab(scale, list(ARMS), tasks=["lists"], seeds=1, data_seed=5, run_dir=tmp_path / "run",
+                     cache_dir=tmp_path / "cache", workers=1, ignore_checks=True)
+    controls = run_lab(scale, ["no-training", "sft", "opd"], tasks=["arith"], seeds=1, data_seed=5,
+                       run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", workers=1, ignore_checks=True)
+    assert not report["errors"] and not controls["errors"], report["errors"] + controls["errors"]
+    report["checks"].update(controls["checks"])
+    report["records"] += controls["records"]
+    for task in TASKS:
+        assert {"teacher_accuracy", "teacher_recovery", "start_accuracy", "positive_control"} <= set(report["checks"][task])
+        assert all("passed" in c for c in report["checks"][task].values())
+    keys = {"arm", "access", "task", "seed", "budget_tokens", "teacher_tokens", "accuracy", "accuracy_t1", "steps", "lr",
+            "kl_to_start", "weights_l2"}
+    by = {(r["arm"], r["task"], r["budget_tokens"]): r for r in report["records"]}
+    assert len(by) == (len(ARMS) + 3) * len(budgets)
+    for (name, task, b), r in by.items():
+        assert keys <= set(r), name
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy_t1"] <= 1.0
+        assert r["access"] == ARMS[name].access
+        if ARMS[name].kind == "none":
+            assert r["teacher_tokens"] == 0 and r["weights_l2"] == 0.0
+        elif ARMS[name].kind == "noise":
+            assert r["teacher_tokens"] == 0 and (b == budgets[0] or r["weights_l2"] > 0.0)
+        elif b == budgets[-1]:
+            assert r["teacher_tokens"] > 0 and r["steps"] >= 1 and r["weights_l2"] > 0.0, name
+    # SFT stops buying solutions at each milestone (one solution of overshoot at most)
+    for b in budgets:
+        assert b <= by[("sft", "arith", b)]["teacher_tokens"] <= b + scale.max_new_tokens
     md = table_md(report)
     for name in ARMS:
         assert f"| {name} |" in md

@@ -234,10 +234,9 @@ def _sft(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: f
             more = list(range(len(ctx.train)))
             rng.shuffle(more)
             order += more
-        # buy up to 64 at a time, no more than the next milestone needs (by the mean length so far)
-        per = spent["tokens"] / bought if bought else s.max_new_tokens / 2
-        need = max(1, math.ceil((budgets[len(ms.records)] - spent["tokens"]) / max(1.0, per)))
-        n = min(64, max(min(8, need), need))
+        # buy up to 64 at a time, never more than the next milestone can take (a solution has at
+        # most max_new_tokens tokens), so a milestone is overshot by less than one solution
+        n = min(64, max(1, (budgets[len(ms.records)] - spent["tokens"]) // s.max_new_tokens))
         idx, order = order[:n], order[n:]
         got = buy_solutions(ctx, [ctx.train[i].question for i in idx])
         spent["tokens"] += sum(t for _, _, t in got)
