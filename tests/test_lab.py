@@ -25,10 +25,12 @@ def _check_solution(p: tasks.Problem) -> None:
 
 def _list_answer(q: str) -> int:
     """The lists family's answer recomputed from the question text alone."""
-    xs = [int(w) for w in q.split(" . ")[0].split()[1:]]
-    if "add item" in q or "multiply item" in q:
-        i, j = (int(x) - 1 for x in re.findall(r"item (\d+)", q))
-        return xs[i] + xs[j] if "add" in q else xs[i] * xs[j]
+    head, op = q.split(" . ")[0].split()[1:], q.split(" . ")[1]
+    if len(head) > 1 and not head[0].isdigit():  # labelled: "a 4 b 9 ..."
+        xs = dict(zip(head[0::2], (int(x) for x in head[1::2])))
+        k1, k2 = op.split()[1], op.split()[3]
+        return xs[k1] + xs[k2] if op.startswith("add") else xs[k1] * xs[k2]
+    xs = [int(w) for w in head]
     if "largest minus smallest" in q:
         return max(xs) - min(xs)
     if "reverse" in q:

@@ -123,6 +123,32 @@ def teacher_data(train: list, repair_share: float, seed: int) -> list[tuple[str,
     return data
 
 
+def student_repairs(start, tok, problems: list, max_new_tokens: int, batch_size: int, seed: int) -> list[tuple[str, str, str]]:
+    """Repair examples from the start student's own temperature-1 rollouts on training problems:
+    (question, the student's prefix up to and past its first wrong number, the reference's rest).
+
+    Used where the student's text has the reference's shape (same words, only numbers differ,
+    same length), so the reference's rest is the right continuation from that position; the cut
+    is drawn between the first wrong number and the answer line."""
+    rng = random.Random(seed)
+    g = measure.generate(start, tok, [p.question for p in problems], max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, temperature=1.0, seed=seed)
+    out = []
+    for p, text in zip(problems, g.texts):
+        ws, ref = text.split(" "), p.solution.split(" ")
+        if len(ws) != len(ref) or "####" not in ref:
+            continue
+        if any(a != b and not (a.isdigit() and b.isdigit()) for a, b in zip(ws, ref)):
+            continue
+        end = ref.index("####")
+        diff = [i for i in range(end) if ws[i] != ref[i]]
+        if not diff:
+            continue
+        cut = rng.randint(diff[0] + 1, end)
+        out.append((p.question, " ".join(ws[:cut]), " ".join(ref[cut:])))
+    return out
+
+
 def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Path,
                  retrain: bool = False) -> TaskContext:
     """Problems, tokenizer, teacher and start for one task family (see module docstring)."""
@@ -187,4 +213,29 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
         _log(f"{task}: start trained {probe['step']} steps, dev greedy {probe['dev']:.3f} "
              f"({meta['train_s']:.0f}s)")
     start.eval()
+
+    if scale.teacher_repair_steps > 0:
+        rkey = _key({"tkey": tkey, "skey": skey, "steps": scale.teacher_repair_steps, "lr": scale.teacher_repair_lr,
+                     "n": scale.teacher_repair_rollouts})
+        rdir = cache_dir / f"{task}-teacher-repaired-{rkey}"
+        if (rdir / "config.json").is_file() and not retrain:
+            teacher = _load(rdir)
+            info["teacher_repair"] = {**json.loads((rdir / "lab_info.json").read_text()), "cached": True}
+            _log(f"{task}: repaired teacher loaded from {rdir}")
+        else:
+            t0 = time.perf_counter()
+            repairs = student_repairs(start, tok, train[: scale.teacher_repair_rollouts], scale.max_new_tokens,
+                                      scale.eval_batch, seed=data_seed)
+            data = teacher_data(train, scale.teacher_repair, data_seed + 1) + repairs
+            _log(f"{task}: repair phase ({scale.teacher_repair_steps} steps, {len(repairs)} student-prefix repairs "
+                 f"from {scale.teacher_repair_rollouts} start rollouts, {len(data)} examples)")
+            teacher = teacher.train()
+            nets.sft(teacher, tok, data, steps=scale.teacher_repair_steps, batch_size=scale.batch_size,
+                     lr=scale.teacher_repair_lr, seed=1)
+            meta = {"train_s": time.perf_counter() - t0, "steps": scale.teacher_repair_steps,
+                    "student_repairs": len(repairs), "examples": len(data)}
+            teacher.save_pretrained(str(rdir))
+            (rdir / "lab_info.json").write_text(json.dumps(meta))
+            info["teacher_repair"] = {**meta, "cached": False}
+    teacher.eval()
     return TaskContext(scale, task, tok, teacher, start, train, test, dev, train_jsonl, workdir, info)

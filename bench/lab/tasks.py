@@ -5,7 +5,7 @@ Two families, each a set of templates drawn in turn:
 - `arith`: two- or three-step arithmetic word problems (+, -, x, exact division) about a name
   and an item. The solution copies the item name into every step; those copied words do not
   change the answer, only the numbers do.
-- `lists`: operations on a short list of digits (pick items by position, largest minus
+- `lists`: operations on a short list of digits (pick labelled items, largest minus
   smallest, reverse, sort). The solution copies list items, and every copied token matters:
   copy one wrong and the answer is wrong.
 
@@ -116,9 +116,6 @@ TEMPLATES: dict[str, Callable[[random.Random], Problem]] = {
 
 
 # --- list operations ----------------------------------------------------------------------------
-ORDINALS = ["1", "2", "3", "4", "5", "6"]
-
-
 def _digits(r: random.Random, n: int, distinct: bool = False) -> list[int]:
     return r.sample(range(1, 10), n) if distinct else [r.randint(1, 9) for _ in range(n)]
 
@@ -127,12 +124,19 @@ def _show(xs: list[int]) -> str:
     return " ".join(str(x) for x in xs)
 
 
+LABELS = ["a", "b", "c", "d", "e", "f"]
+
+
+def _labelled(xs: list[int]) -> str:
+    return " ".join(f"{k} {x}" for k, x in zip(LABELS, xs))
+
+
 def _l_pick_add(r: random.Random) -> Problem:
     xs = _digits(r, r.choice([5, 6]))
     i, j = r.sample(range(len(xs)), 2)
     s = xs[i] + xs[j]
-    q = f"list {_show(xs)} . add item {i + 1} and item {j + 1} ."
-    sol = f"item {i + 1} is {xs[i]} . item {j + 1} is {xs[j]} . {xs[i]} + {xs[j]} = {s} . #### {s}"
+    q = f"list {_labelled(xs)} . add {LABELS[i]} and {LABELS[j]} ."
+    sol = f"{LABELS[i]} is {xs[i]} . {LABELS[j]} is {xs[j]} . {xs[i]} + {xs[j]} = {s} . #### {s}"
     return Problem(q, sol, s, "pick_add")
 
 
@@ -140,8 +144,8 @@ def _l_pick_mul(r: random.Random) -> Problem:
     xs = _digits(r, r.choice([5, 6]))
     i, j = r.sample(range(len(xs)), 2)
     s = xs[i] * xs[j]
-    q = f"list {_show(xs)} . multiply item {i + 1} by item {j + 1} ."
-    sol = f"item {i + 1} is {xs[i]} . item {j + 1} is {xs[j]} . {xs[i]} * {xs[j]} = {s} . #### {s}"
+    q = f"list {_labelled(xs)} . multiply {LABELS[i]} by {LABELS[j]} ."
+    sol = f"{LABELS[i]} is {xs[i]} . {LABELS[j]} is {xs[j]} . {xs[i]} * {xs[j]} = {s} . #### {s}"
     return Problem(q, sol, s, "pick_mul")
 
 
