@@ -181,19 +181,28 @@ def _job(job: dict) -> dict:
 
 
 class Runner:
-    """Runs jobs in a process pool (or inline with workers=1) and keeps the report current."""
+    """Runs jobs in a process pool (inline with workers=1); results arrive on a queue."""
 
     def __init__(self, workers: int):
+        import queue
+
         self.workers = workers
+        self.results: queue.Queue = queue.Queue()
+        self.inline: list[dict] = []
         self.pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker) if workers > 1 else None
 
-    def map(self, jobs: list[dict], on_done) -> None:
+    def submit(self, job: dict) -> None:
         if self.pool is None:
-            for j in jobs:
-                on_done(_job(j))
-            return
-        for res in self.pool.imap_unordered(_job, jobs):
-            on_done(res)
+            self.inline.append(job)
+        else:
+            self.pool.apply_async(_job, (job,), callback=self.results.put,
+                                  error_callback=lambda e: self.results.put({"job": job["label"], "error": repr(e),
+                                                                             "log": "", "wall_s": 0.0}))
+
+    def next_result(self) -> dict:
+        if self.pool is None and self.results.empty():
+            self.results.put(_job(self.inline.pop(0)))
+        return self.results.get()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -204,7 +213,11 @@ class Runner:
 def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int, data_seed: int, run_dir: Path,
             cache_dir: Path, workers: int = 1, lr_sweep: list[float] | None = None, arm_lr: float | None = None,
             retrain: bool = False, ignore_checks: bool = False, on_update=None) -> dict:
-    """The whole lab (see module docstring); `on_update(report)` after every finished job."""
+    """The whole lab (see module docstring); `on_update(report)` after every finished job.
+
+    Each task goes through its phases on its own (instrument and checks, the controls, the
+    positive control, the other arms, the noise floor), so one task's arms run while another
+    task's teacher still trains."""
     from bench.lab import arms as armmod
     from bench.lab import checks
 
@@ -212,7 +225,7 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
     budgets = scale.budgets()
     report: dict = {"scale": dataclasses.asdict(scale), "tasks": tasks, "seeds": seeds, "data_seed": data_seed,
                     "arms": arm_names, "budgets": budgets, "checks": {}, "records": [], "sweep_records": [],
-                    "errors": [], "lr": {}, "instrument": {}, "job_wall_s": {}, "stopped": None}
+                    "errors": [], "lr": {}, "instrument": {}, "job_wall_s": {}, "stopped": {}}
 
     def update() -> None:
         report["total_s"] = time.perf_counter() - t_start
@@ -220,116 +233,121 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
             on_update(report)
 
     base = {"scale": scale, "data_seed": data_seed, "cache_dir": str(cache_dir), "run_dir": str(run_dir), "retrain": retrain}
-    runner = Runner(workers)
-    try:
-        # 1. the instrument and its checks, per task
-        def prepared(res: dict) -> None:
-            task = res["job"].split(":")[1]
-            report["job_wall_s"][res["job"]] = res["wall_s"]
-            if "error" in res:
-                report["errors"].append(res)
-                report["checks"][task] = {"prepare": {"passed": False, "error": res["error"]}}
-            else:
-                report["checks"][task] = res["checks"]
-                report["instrument"][task] = res["info"]
-            _log(f"{task}: instrument ready ({res['wall_s']:.0f}s)")
-            update()
-        runner.map([{**base, "kind": "prepare", "task": t, "label": f"prepare:{t}"} for t in tasks], prepared)
-        failed = [(t, n) for t, cs in report["checks"].items() for n, c in cs.items() if not c.get("passed")]
-        for t, cs in report["checks"].items():
-            for n, c in cs.items():
-                _log(f"check {t:<6} {n:<17} {c.get('figure', float('nan')):.3f}  {'passed' if c.get('passed') else 'FAILED'}  "
-                     + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
-                                 if k not in ('figure', 'passed')))
+
+    def lr_of(arm: str) -> float:
+        if armmod.ARMS[arm].kind in ("none", "noise"):
+            return 0.0
+        return arm_lr if arm_lr is not None else TUNED_LR.get(arm, scale.arm_lr)
+
+    def job(arm: str, task: str, seed: int, lr: float, **kw) -> dict:
+        return {**base, "kind": "arm", "arm": arm, "task": task, "seed": seed, "lr": lr, "budgets": budgets,
+                "label": f"{arm}:{task}:s{seed}:lr{lr:g}", **kw}
+
+    def log_checks(task: str, names: list[str]) -> None:
+        for n in names:
+            c = report["checks"][task][n]
+            if n == "positive_control":
+                _log(f"check {task:<6} positive_control  {'passed' if c['passed'] else 'FAILED'}  "
+                     + "; ".join(f"{a} {v.get('accuracy', float('nan')):.3f}±{v.get('se', float('nan')):.3f} "
+                                 f"(gain {v.get('gain', float('nan')):+.3f})" for a, v in c["arms"].items()))
+                continue
+            _log(f"check {task:<6} {n:<17} {c.get('figure', float('nan')):.3f}  {'passed' if c.get('passed') else 'FAILED'}  "
+                 + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
+                             if k not in ('figure', 'passed')))
+
+    def plan(task: str):
+        """The task's phases; each `yield` is a list of jobs that must all finish first."""
+        yield [{**base, "kind": "prepare", "task": task, "label": f"prepare:{task}"}]
+        cs = report["checks"].get(task, {})
+        log_checks(task, list(cs))
+        failed = [n for n, c in cs.items() if not c.get("passed")]
         if failed and not ignore_checks:
-            report["stopped"] = f"instrument check(s) failed: {', '.join(f'{t}/{n}' for t, n in failed)}"
-            _log(f"STOP: {report['stopped']}")
-            update()
-            return report
-
-        start_acc = {t: report["checks"][t]["start_accuracy"]["figure"] for t in tasks}
-
-        def lr_of(arm: str) -> float:
-            if armmod.ARMS[arm].kind in ("none", "noise"):
-                return 0.0
-            return arm_lr if arm_lr is not None else TUNED_LR.get(arm, scale.arm_lr)
-
-        def done(res: dict) -> None:
-            report["job_wall_s"][res["job"]] = res["wall_s"]
-            if "error" in res:
-                report["errors"].append(res)
-                _log(f"{res['job']}: ERROR {res['error']} (log {res['log']})")
-            else:
-                rs = res["records"]
-                (report["sweep_records"] if rs and rs[0].get("sweep") else report["records"]).extend(rs)
-                last = rs[-1] if rs else {}
-                _log(f"{res['job']:<40} acc {last.get('accuracy', float('nan')):.3f}  t1 {last.get('accuracy_t1', float('nan')):.3f}  "
-                     f"tokens {last.get('teacher_tokens', 0):>7}  steps {last.get('steps', 0):>5}  {res['wall_s']:.0f}s")
-            update()
-
-        def job(arm: str, task: str, seed: int, lr: float, **kw) -> dict:
-            return {**base, "kind": "arm", "arm": arm, "task": task, "seed": seed, "lr": lr, "budgets": budgets,
-                    "label": f"{arm}:{task}:s{seed}:lr{lr:g}", **kw}
-
-        def run_arms(names: list[str]) -> None:
-            trained = [a for a in names if armmod.ARMS[a].kind not in ("none", "noise")]
-            if lr_sweep:
-                # the same sweep for every arm, on seed 0; the dev accuracy at the full budget picks
-                runner.map([job(a, t, 0, lr, sweep=True) for a in trained for t in tasks for lr in lr_sweep], done)
-                for a in trained:
-                    for t in tasks:
-                        rs = [r for r in report["sweep_records"] if r["arm"] == a and r["task"] == t
-                              and r["budget_tokens"] == budgets[-1]]
-                        if rs:
-                            report["lr"][f"{a}:{t}"] = max(rs, key=lambda r: (r.get("dev_accuracy", 0.0), -r["lr"]))["lr"]
-                # the chosen lr's seed-0 run is the seed-0 record
-                for r in report["sweep_records"]:
-                    if report["lr"].get(f"{r['arm']}:{r['task']}") == r["lr"] and r["seed"] == 0 and r["arm"] in trained:
-                        report["records"].append({**r, "sweep": False})
-            jobs = []
-            for a in names:
-                if armmod.ARMS[a].kind == "noise":
-                    continue
-                for t in tasks:
-                    lr = report["lr"].get(f"{a}:{t}", lr_of(a))
-                    for seed in range(seeds):
-                        if lr_sweep and a in trained and seed == 0:
-                            continue
-                        jobs.append(job(a, t, seed, lr))
-            runner.map(jobs, done)
-            for a in names:
-                for t in tasks:
-                    report["lr"].setdefault(f"{a}:{t}", report["lr"].get(f"{a}:{t}", lr_of(a)))
-
-        # 2. the controls and the positive control
+            report["stopped"][task] = f"instrument check(s) failed: {', '.join(failed)}"
+            _log(f"STOP {task}: {report['stopped'][task]}")
+            return
         controls = [a for a in CONTROL_ARMS if a in arm_names]
-        run_arms(controls)
-        for t in tasks:
-            report["checks"][t]["positive_control"] = checks.positive_control(report["records"], t, budgets[-1], start_acc[t])
-            pc = report["checks"][t]["positive_control"]
-            _log(f"check {t:<6} positive_control  {'passed' if pc['passed'] else 'FAILED'}  "
-                 + "; ".join(f"{a} {v.get('accuracy', float('nan')):.3f}±{v.get('se', float('nan')):.3f} (gain {v.get('gain', float('nan')):+.3f})"
-                             for a, v in pc["arms"].items()))
-        update()
-        failed = [t for t in tasks if not report["checks"][t]["positive_control"]["passed"]]
-        if failed and not ignore_checks and set(("sft", "opd")) <= set(arm_names):
-            report["stopped"] = f"positive control failed on {', '.join(failed)}"
-            _log(f"STOP: {report['stopped']}")
-            update()
-            return report
-
-        # 3. every other arm, then the noise floor at the size the trained arms moved
-        run_arms([a for a in arm_names if a not in controls and armmod.ARMS[a].kind != "noise"])
-        if "noise-floor" in arm_names:
+        others = [a for a in arm_names if a not in controls and armmod.ARMS[a].kind != "noise"]
+        for names in (controls, others):
+            trained = [a for a in names if armmod.ARMS[a].kind not in ("none", "noise")]
+            if lr_sweep and trained:
+                # the same sweep for every arm, on seed 0; the dev accuracy at the full budget picks
+                yield [job(a, task, 0, lr, sweep=True) for a in trained for lr in lr_sweep]
+                for a in trained:
+                    rs = [r for r in report["sweep_records"] if r["arm"] == a and r["task"] == task
+                          and r["budget_tokens"] == budgets[-1]]
+                    if rs:
+                        report["lr"][f"{a}:{task}"] = max(rs, key=lambda r: (r.get("dev_accuracy", 0.0), -r["lr"]))["lr"]
+                        chosen = report["lr"][f"{a}:{task}"]
+                        report["records"] += [{**r, "sweep": False} for r in report["sweep_records"]
+                                              if r["arm"] == a and r["task"] == task and r["lr"] == chosen]
             jobs = []
-            for t in tasks:
-                moved = {}
-                for b in budgets:
-                    l2s = [r["weights_l2"] for r in report["records"] if r["task"] == t and r["budget_tokens"] == b
-                           and armmod.ARMS[r["arm"]].kind not in ("none", "noise")]
-                    moved[b] = sum(l2s) / len(l2s) if l2s else 0.0
-                jobs += [job("noise-floor", t, seed, 0.0, noise_l2=moved) for seed in range(seeds)]
-            runner.map(jobs, done)
+            for a in names:
+                lr = report["lr"].setdefault(f"{a}:{task}", lr_of(a))
+                jobs += [job(a, task, seed, lr) for seed in range(seeds) if not (lr_sweep and a in trained and seed == 0)]
+            yield jobs
+            if names is controls:
+                start = report["checks"][task]["start_accuracy"]["figure"]
+                report["checks"][task]["positive_control"] = checks.positive_control(report["records"], task, budgets[-1], start)
+                log_checks(task, ["positive_control"])
+                if (not report["checks"][task]["positive_control"]["passed"] and not ignore_checks
+                        and {"sft", "opd"} <= set(arm_names)):
+                    report["stopped"][task] = "positive control failed"
+                    _log(f"STOP {task}: {report['stopped'][task]}")
+                    return
+        if "noise-floor" in arm_names:
+            moved = {}
+            for b in budgets:
+                l2s = [r["weights_l2"] for r in report["records"] if r["task"] == task and r["budget_tokens"] == b
+                       and armmod.ARMS[r["arm"]].kind not in ("none", "noise")]
+                moved[b] = sum(l2s) / len(l2s) if l2s else 0.0
+            report["lr"][f"noise-floor:{task}"] = 0.0
+            yield [job("noise-floor", task, seed, 0.0, noise_l2=moved) for seed in range(seeds)]
+
+    def done(res: dict) -> None:
+        report["job_wall_s"][res["job"]] = res["wall_s"]
+        if "error" in res:
+            report["errors"].append(res)
+            _log(f"{res['job']}: ERROR {res['error']} (log {res.get('log')})")
+        elif "checks" in res:
+            task = res["job"].split(":")[1]
+            report["checks"][task] = res["checks"]
+            report["instrument"][task] = res["info"]
+            _log(f"{task}: instrument ready ({res['wall_s']:.0f}s)")
+        else:
+            rs = res["records"]
+            (report["sweep_records"] if rs and rs[0].get("sweep") else report["records"]).extend(rs)
+            last = rs[-1] if rs else {}
+            _log(f"{res['job']:<40} acc {last.get('accuracy', float('nan')):.3f}  t1 {last.get('accuracy_t1', float('nan')):.3f}  "
+                 f"tokens {last.get('teacher_tokens', 0):>7}  steps {last.get('steps', 0):>5}  {res['wall_s']:.0f}s")
+        update()
+
+    runner = Runner(workers)
+    gens = {t: plan(t) for t in tasks}
+    left: dict[str, int] = {}
+
+    def advance(task: str) -> None:
+        while True:
+            try:
+                jobs = next(gens[task])
+            except StopIteration:
+                left.pop(task, None)
+                return
+            if jobs:
+                break
+        left[task] = len(jobs)
+        for j in jobs:
+            runner.submit(j)
+
+    try:
+        for t in tasks:
+            advance(t)
+        while left:
+            res = runner.next_result()
+            done(res)
+            task = res["job"].split(":")[1]
+            left[task] -= 1
+            if left[task] == 0:
+                advance(task)
         update()
         return report
     finally:
@@ -404,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(rep.table_md(report))
     print(f"\nwhole run {report['total_s']:.0f} s; wrote {results / name}.json and plots")
-    return 1 if report["stopped"] else 0
+    return 1 if report["stopped"] else 0  # a failed check on any task
 
 
 if __name__ == "__main__":
