@@ -3,9 +3,11 @@
 `prepare_task(scale, task, data_seed, cache_dir)` draws the task family's train / held-out /
 dev problems (disjoint), trains the word-level tokenizer, and loads or trains
 
-- the teacher: a larger model, SFT on the reference solutions and on *repair* examples (a
-  reference prefix with one number corrupted -> the correct rest, `tasks.corrupt_prefix`), so
-  that it finishes correctly from imperfect prefixes such as a student's rollout at a fork;
+- the teacher: a larger model, SFT on the reference solutions and on prefixes with one number
+  corrupted -> the correct rest (`tasks.corrupt_prefix`), then a *repair* phase: the start
+  student's own flawed rollouts (and corrupted references) -> the restart mark and the correct
+  solution (`tasks.restart`), so that it reaches the right answer from imperfect prefixes such
+  as a student's rollout at a fork (the check `teacher_recovery` measures it);
 - the start: a smaller student SFT on the reference solutions at a constant learning rate until
   its greedy accuracy on the dev split reaches `scale.start_target` (a mid-level student: the
   regime where distillation signals are informative; the dev split, never the held-out one,
@@ -110,14 +112,15 @@ def _load(path: Path):
     return LlamaForCausalLM.from_pretrained(str(path)).eval()
 
 
-def teacher_data(train: list, repair_share: float, seed: int) -> list[tuple[str, ...]]:
-    """The teacher's SFT data: every reference solution, plus repair triples for a
-    `repair_share` fraction of the problems (question, corrupted prefix, correct rest)."""
+def teacher_data(train: list, repair_share: float, seed: int, repair: bool = False) -> list[tuple[str, ...]]:
+    """The teacher's SFT data: every reference solution, plus triples for a `repair_share`
+    fraction of the problems (question, corrupted prefix, continuation: the correct rest, or
+    with `repair` the restart mark and the correct solution, `tasks.corrupt_prefix`)."""
     rng = random.Random(seed)
     data: list[tuple[str, ...]] = [(p.question, p.solution) for p in train]
     for p in train:
         if rng.random() < repair_share:
-            c = tasks.corrupt_prefix(p.solution, rng)
+            c = tasks.corrupt_prefix(p.solution, rng, repair=repair)
             if c is not None:
                 data.append((p.question, c[0], c[1]))
     return data
@@ -125,27 +128,24 @@ def teacher_data(train: list, repair_share: float, seed: int) -> list[tuple[str,
 
 def student_repairs(start, tok, problems: list, max_new_tokens: int, batch_size: int, seed: int) -> list[tuple[str, str, str]]:
     """Repair examples from the start student's own temperature-1 rollouts on training problems:
-    (question, the student's prefix up to and past its first wrong number, the reference's rest).
-
-    Used where the student's text has the reference's shape (same words, only numbers differ,
-    same length), so the reference's rest is the right continuation from that position; the cut
-    is drawn between the first wrong number and the answer line."""
+    (question, the student's text cut somewhere after its first deviation from the reference,
+    `tasks.restart(reference)`). The teacher learns to notice a flawed prefix of the kind the
+    student really writes and to repair it, as an API teacher continuing a student would."""
     rng = random.Random(seed)
     g = measure.generate(start, tok, [p.question for p in problems], max_new_tokens=max_new_tokens,
                          batch_size=batch_size, temperature=1.0, seed=seed)
     out = []
     for p, text in zip(problems, g.texts):
         ws, ref = text.split(" "), p.solution.split(" ")
-        if len(ws) != len(ref) or "####" not in ref:
+        end = ws.index("####") if "####" in ws else len(ws)
+        diff = [i for i in range(min(end, len(ref))) if ws[i] != ref[i]]
+        if not diff and end <= len(ref) and ws[:end] == ref[:end]:
             continue
-        if any(a != b and not (a.isdigit() and b.isdigit()) for a, b in zip(ws, ref)):
+        first = diff[0] if diff else min(end, len(ref))
+        if first >= end:
             continue
-        end = ref.index("####")
-        diff = [i for i in range(end) if ws[i] != ref[i]]
-        if not diff:
-            continue
-        cut = rng.randint(diff[0] + 1, end)
-        out.append((p.question, " ".join(ws[:cut]), " ".join(ref[cut:])))
+        cut = rng.randint(first + 1, end)
+        out.append((p.question, " ".join(ws[:cut]), tasks.restart(p.solution)))
     return out
 
 
@@ -216,7 +216,7 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
 
     if scale.teacher_repair_steps > 0:
         rkey = _key({"tkey": tkey, "skey": skey, "steps": scale.teacher_repair_steps, "lr": scale.teacher_repair_lr,
-                     "n": scale.teacher_repair_rollouts})
+                     "n": scale.teacher_repair_rollouts, "repair": "restart", "max_new": scale.max_new_tokens})
         rdir = cache_dir / f"{task}-teacher-repaired-{rkey}"
         if (rdir / "config.json").is_file() and not retrain:
             teacher = _load(rdir)
@@ -226,7 +226,7 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
             t0 = time.perf_counter()
             repairs = student_repairs(start, tok, train[: scale.teacher_repair_rollouts], scale.max_new_tokens,
                                       scale.eval_batch, seed=data_seed)
-            data = teacher_data(train, scale.teacher_repair, data_seed + 1) + repairs
+            data = teacher_data(train, scale.teacher_repair, data_seed + 1, repair=True) + repairs
             _log(f"{task}: repair phase ({scale.teacher_repair_steps} steps, {len(repairs)} student-prefix repairs "
                  f"from {scale.teacher_repair_rollouts} start rollouts, {len(data)} examples)")
             teacher = teacher.train()

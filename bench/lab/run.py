@@ -65,7 +65,7 @@ class Scale:
     chunk_tokens: int  # C
     chunks_per_completion: int  # M
     max_arm_steps: int  # a cap; the budget normally stops an arm first
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48  # room for a repair (restart mark + a whole solution) after a flawed prefix
     eval_batch: int = 200
     seeds: int = 3
     batch_size: int = 32  # teacher / start pre-training batch

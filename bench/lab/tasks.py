@@ -230,14 +230,23 @@ def corpus(problems: list[Problem]) -> list[str]:
 _NUM = re.compile(r"^\d+$")
 
 
-def corrupt_prefix(solution: str, rng: random.Random) -> tuple[str, str] | None:
-    """(prefix with one number changed, the correct rest of the solution).
+RESTART = "?"  # the lab's "wait, that is wrong": a token both families' vocabularies already have
+
+
+def restart(solution: str) -> str:
+    """A repair: the restart mark, then the whole correct solution (the last #### counts)."""
+    return f"{RESTART} {solution}"
+
+
+def corrupt_prefix(solution: str, rng: random.Random, repair: bool = False) -> tuple[str, str] | None:
+    """(prefix with one number changed, the continuation the teacher should learn).
 
     One number of the solution (a copied operand, an intermediate result or a list item, never
     the final answer after ####) is moved by 1-3, and the solution is cut somewhere after it.
-    Trained on (question, bad prefix) -> correct rest, the teacher learns to finish correctly
-    from a prefix that already holds a mistake, which is what a teacher continuing a student's
-    rollouts at its forks has to do. None if the solution has no number to corrupt.
+    The continuation is the reference's rest (the teacher learns to go on from an imperfect
+    prefix) or, with `repair`, `restart(solution)`: the teacher marks the mistake and writes the
+    correct solution, which is how a teacher continuing a student's flawed rollout at a fork can
+    still reach the right answer. None if the solution has no number to corrupt.
     """
     words = solution.split(" ")
     end = words.index("####") if "####" in words else len(words)
@@ -250,4 +259,4 @@ def corrupt_prefix(solution: str, rng: random.Random) -> tuple[str, str] | None:
     words = list(words)
     words[i] = str(rng.choice(bad))
     cut = rng.randint(i + 1, end)  # the prefix ends after the bad number, before the answer line
-    return " ".join(words[:cut]), " ".join(words[cut:])
+    return " ".join(words[:cut]), (restart(solution) if repair else " ".join(words[cut:]))
