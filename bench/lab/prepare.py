@@ -216,7 +216,7 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
 
     if scale.teacher_repair_steps > 0:
         rkey = _key({"tkey": tkey, "skey": skey, "steps": scale.teacher_repair_steps, "lr": scale.teacher_repair_lr,
-                     "n": scale.teacher_repair_rollouts, "repair": "restart", "max_new": scale.max_new_tokens})
+                     "n": scale.teacher_repair_rollouts, "repair": "restart+clean", "max_new": scale.max_new_tokens})
         rdir = cache_dir / f"{task}-teacher-repaired-{rkey}"
         if (rdir / "config.json").is_file() and not retrain:
             teacher = _load(rdir)
@@ -226,7 +226,14 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
             t0 = time.perf_counter()
             repairs = student_repairs(start, tok, train[: scale.teacher_repair_rollouts], scale.max_new_tokens,
                                       scale.eval_batch, seed=data_seed)
-            data = teacher_data(train, scale.teacher_repair, data_seed + 1, repair=True) + repairs
+            # as many clean prefixes -> the reference's rest: the teacher restarts only after a mistake
+            rng = random.Random(data_seed + 2)
+            clean = []
+            for p in rng.sample(train, min(len(train), len(repairs))):
+                ws = p.solution.split(" ")
+                k = rng.randint(1, ws.index("####"))
+                clean.append((p.question, " ".join(ws[:k]), " ".join(ws[k:])))
+            data = teacher_data(train, scale.teacher_repair, data_seed + 1, repair=True) + repairs + clean
             _log(f"{task}: repair phase ({scale.teacher_repair_steps} steps, {len(repairs)} student-prefix repairs "
                  f"from {scale.teacher_repair_rollouts} start rollouts, {len(data)} examples)")
             teacher = teacher.train()

@@ -71,8 +71,8 @@ class Scale:
     batch_size: int = 32  # teacher / start pre-training batch
     recovery_n: int = 128
     teacher_min: float = 0.85
-    recovery_min: float = 0.8
-    recovery_flawed_min: float = 0.6
+    recovery_min: float = 0.7
+    recovery_flawed_min: float = 0.5
     start_band: tuple[float, float] = (0.30, 0.45)
 
     def budgets(self) -> list[int]:
