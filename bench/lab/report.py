@@ -174,12 +174,36 @@ def plot(report: dict, out_prefix: Path) -> list[Path]:
     return paths
 
 
+def merge(reports: list[dict]) -> dict:
+    """Several results files of the same instrument (same scale, data seed, checks) as one:
+    records and arms concatenated, checks from the first file that has them per task."""
+    out = dict(reports[0])
+    out["records"] = [r for rep in reports for r in rep.get("records", [])]
+    out["arms"] = list(dict.fromkeys(a for rep in reports for a in rep.get("arms", [])))
+    out["checks"] = {}
+    for rep in reports:
+        for task, cs in rep.get("checks", {}).items():
+            merged = out["checks"].setdefault(task, {})
+            for name, c in cs.items():
+                merged.setdefault(name, c)
+    out["merged_from"] = [rep.get("command") for rep in reports]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """python -m bench.lab.report FILE [FILE ...] [--plot PREFIX]: tables (files merged)."""
     args = sys.argv[1:] if argv is None else argv
-    report = json.loads(Path(args[0]).read_text())
+    prefix = None
+    if "--plot" in args:
+        i = args.index("--plot")
+        prefix, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    report = merge([json.loads(Path(a).read_text()) for a in args])
     print(checks_md(report))
     print()
     print(table_md(report))
+    if prefix is not None:
+        for path in plot(report, prefix):
+            print(f"wrote {path}")
     return 0
 
 

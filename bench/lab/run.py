@@ -105,9 +105,11 @@ SCALES: dict[str, Scale] = {
 
 TASKS = ("arith", "lists")
 CONTROL_ARMS = ("no-training", "sft", "opd")
-# the cold `--scale small` run: controls, the paper's loss, and the new signals that measured best
-DEFAULT_ARMS = ("no-training", "sft", "opd", "omniopd", "noise-floor")
-# learning rates chosen by the sweep of the full comparison (dev accuracy at the full budget)
+# the cold `--scale small` run (~30 min here): the controls, the paper's loss, the black-box
+# signal that measured best (RESULTS.md, run 4) and the noise floor
+DEFAULT_ARMS = ("no-training", "sft", "opd", "omniopd", "omniopd-dagger-n1", "noise-floor")
+# per-arm learning rates from a `--lr-sweep` (dev accuracy at the full budget); none recorded
+# yet at small: every arm runs at Scale.arm_lr (RESULTS.md says why)
 TUNED_LR: dict[str, float] = {}
 
 
