@@ -65,7 +65,7 @@ def _logp_B_T(model, prompt_ids, prompt_mask, ids, mask):
 
 def _grad(model, loss) -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
-    gs = torch.autograd.grad(loss, params, allow_unused=True)
+    gs = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, params)])
 
 
@@ -127,7 +127,6 @@ def main() -> None:
               f"{float(ph[right_F].mean() - ph[~right_F].mean()):.3f} | {float((a[~right_F] < 0).double().mean()):.2f} |")
 
     # --- 1. the constant-pi_hat term is noise ------------------------------------------------------------
-    student.train()
     one = [[{"role": "user", "content": probs[0].question}]] * 256
     torch.manual_seed(1)
     many = generate_rollouts(student, tok, one, max_new_tokens=64)
