@@ -143,9 +143,13 @@ class LearnerConfig:
     max_grad_norm: float = knob(1.0, "gradient clipping norm")
     max_steps: int = knob(3, "optimizer steps to run", flag="--max-steps")
     seed: int = knob(0, "seed for sampling, data order and initialisation", flag="--seed")
+    async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
+                               "1: one step stale, corrected by the PPO ratio against the recorded behaviour log-probs)",
+                            flag="--async-steps")
 
     def __post_init__(self) -> None:
         _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(0 <= self.async_steps <= 4, "learner.async_steps", f"must be in 0..4 (staleness is bounded); got {self.async_steps}")
         _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
         _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
         _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")
