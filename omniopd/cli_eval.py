@@ -1,6 +1,6 @@
 """`omniopd eval`: greedy accuracy and pass@K of a model on math word problems.
 
-    omniopd eval --model smollm2 --data ../shared/data/gsm8k/test.jsonl --limit 200
+    omniopd eval --model smollm2 --data openai/gsm8k --data-config main --split test --limit 200
     omniopd eval --model runs/omniopd --data test.jsonl --samples 8
 
 `--model` is anything `omniopd.models` resolves: 'smollm2' (packaged), a .gguf file, a
