@@ -61,3 +61,25 @@ class MetricsLogger(TrainerCallback):
                 f" | {row['seconds']:.1f}s",
                 flush=True,
             )
+
+
+class BudgetStop(TrainerCallback):
+    """Stops training after the step whose teacher spend reached `--max-teacher-usd`, with a checkpoint.
+
+    Through TRL's own control flow (`should_save`, `should_training_stop`): the step that
+    reached the cap is saved like any checkpoint, so `--resume` continues from it.
+    """
+
+    def __init__(self, pipeline, max_usd: float | None) -> None:
+        self.pipeline, self.max_usd = pipeline, max_usd
+        self.reason: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.pipeline is None or self.max_usd is None or self.pipeline.spent_usd < self.max_usd:
+            return control
+        if state.global_step < state.max_steps:
+            self.reason = (f"teacher spend ${self.pipeline.spent_usd:.4f} reached --max-teacher-usd {self.max_usd}; "
+                           "the run stopped cleanly — raise the limit and rerun with --resume to continue")
+        control.should_save = True
+        control.should_training_stop = True
+        return control
