@@ -56,6 +56,11 @@ class StudentConfig:
         _check(self.temperature > 0, "student.temperature", f"must be > 0; got {self.temperature}")
 
 
+# The local teacher an API teacher hands over to when the API stays down during a run. A
+# missing key falls back only to a --fallback-teacher the user named (no silent self-distillation).
+DEFAULT_FALLBACK_TEACHER = "local:smollm2"
+
+
 @dataclass
 class TeacherConfig:
     spec: str = knob("local:smollm2", "teacher: claude-haiku, anthropic:M, openai:M, gemini:M, openai-compatible:M, local:ID_OR_PATH", flag="--teacher")
@@ -63,7 +68,7 @@ class TeacherConfig:
     base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
     temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
     token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
-    fallback: str = knob("local:smollm2", "local teacher used when the API has no key or fails past its deadline", flag="--fallback-teacher")
+    fallback: str | None = knob(None, f"local teacher used when the API fails past its deadline (unset: {DEFAULT_FALLBACK_TEACHER}); naming it also lets a run with no API key start on it", flag="--fallback-teacher")
     no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
     max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
     concurrency: int = knob(8, "requests in flight per (provider, model)", flag="--teacher-concurrency")

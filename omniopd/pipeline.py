@@ -104,6 +104,7 @@ class Pipeline:
         self.replay_missed_forks = 0
         self.spent_usd = 0.0
         self.teacher_samples_total = 0
+        self.samples_by_teacher: dict[str, int] = {}  # who wrote the samples (an API teacher, its fallback)
         self._loop = asyncio.new_event_loop()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -169,6 +170,10 @@ class Pipeline:
 
         n_samples = sum(len(c.samples) for c in chunks)
         self.teacher_samples_total += n_samples
+        for c in chunks:
+            for smp in c.samples:
+                name = smp.teacher or "unknown"
+                self.samples_by_teacher[name] = self.samples_by_teacher.get(name, 0) + 1
         metrics = _step_metrics(chunks, rollouts, amask, n_samples, step_cost, self.spent_usd)
         metrics.update(scheduler_seconds=t1 - t0, teacher_seconds=t2 - t1, scorer_seconds=t3 - t2)
         metrics["replay_missed_forks"] = float(self.replay_missed_forks)

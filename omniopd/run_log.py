@@ -49,6 +49,7 @@ class MetricsLogger(TrainerCallback):
         if self.pipeline is not None:
             row["teacher_samples_total"] = self.pipeline.teacher_samples_total
             row["teacher_cost_usd_total"] = self.pipeline.spent_usd
+            row["teacher_samples_by_teacher"] = dict(self.pipeline.samples_by_teacher)
         for k, v in logs.items():
             if isinstance(v, (int, float)) and k not in row:
                 row[k.replace("omniopd/", "")] = v

@@ -27,6 +27,7 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
+from omniopd.preflight import preflight
 from omniopd.run_dir import RunDir, newest_checkpoint  # noqa: F401  (newest_checkpoint: kept importable here)
 
 log = logging.getLogger("omniopd")
@@ -40,6 +41,7 @@ class TrainResult:
     stopped_early: str | None
     teacher_samples: int
     teacher_usd: float
+    samples_by_teacher: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _seed_everything(seed: int) -> None:
@@ -125,6 +127,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
               extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
     """Run `omniopd train` with a resolved config (see module docstring): setup, train, finish."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    preflight(cfg, teacher_given=teacher is not None)
     run_dir = RunDir.open(cfg.output.dir, resume=cfg.output.resume, max_steps=cfg.learner.max_steps)
     if run_dir.finished:
         log.warning("%s already finished at step %d (--max-steps %d): nothing to train; raise --max-steps to continue it",
@@ -265,7 +268,8 @@ def finish(parts: Parts, stopped: str | None) -> TrainResult:
         parts.tokenizer.save_pretrained(str(final_dir))
     p = parts.pipeline
     return TrainResult(parts.run_dir.path, final_dir, trainer.state.global_step, stopped,
-                       p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0)
+                       p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0,
+                       dict(p.samples_by_teacher) if p else {})
 
 
 def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
@@ -319,7 +323,9 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
 
 
 def summarize(result: TrainResult) -> str:
-    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples, ${result.teacher_usd:.4f} teacher spend"]
+    by = ", ".join(f"{n} from {t}" for t, n in sorted(result.samples_by_teacher.items()))
+    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples" + (f" ({by})" if by else "")
+             + f", ${result.teacher_usd:.4f} teacher spend"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
     lines.append(f"omniopd: results in {result.output_dir}/ (config.yaml, metrics.jsonl, checkpoint-*/"
