@@ -99,16 +99,19 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    path: str = knob("demo", "prompts: a .jsonl file, a `datasets` directory, or 'demo' (the packaged set)", flag="--data")
-    prompt_field: str = knob("question", "JSONL/dataset field holding the prompt text (GSM8K: question)")
+    path: str = knob("demo", "prompts: a .jsonl/.json/.parquet/.csv file, a `save_to_disk` directory, a `datasets` name (with --data-config, --split), or 'demo' (the packaged set)", flag="--data")
+    prompt_field: str = knob("question", "field holding the prompt: text, or a list of chat messages (TRL's conversational 'prompt'); GSM8K: question")
     answer_field: str | None = knob(None, "field holding the reference answer (kept for verifiers and eval)")
-    split: str = knob("train", "split to read from a `datasets` directory")
+    split: str = knob("train", "split to read from a `save_to_disk` directory or a `datasets` name")
+    config: str | None = knob(None, "`datasets` config name for --data NAME (GSM8K: main)", flag="--data-config")
     limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
+    max_row_bytes: int = knob(1_000_000, "longest row accepted (JSONL line bytes; prompt characters otherwise); a longer one is an error naming its line", flag="--data-max-row-bytes")
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", "must not be empty")
         _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
+        _check(self.max_row_bytes >= 1, "data.max_row_bytes", f"must be >= 1; got {self.max_row_bytes}")
 
 
 @dataclass

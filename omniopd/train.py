@@ -99,7 +99,8 @@ class Parts:
 
     cfg: TrainConfig
     run_dir: RunDir
-    rows: list[dict[str, Any]]
+    rows: Any  # a datasets.Dataset of {"prompt": messages, "answer": ...}
+    data_dir: Any = None  # the TemporaryDirectory holding its Arrow file
     model: Any = None
     tokenizer: Any = None
     run_cache: Any = None
@@ -121,6 +122,8 @@ class Parts:
             self.run_cache.close()
             if self.run_cache.summary():
                 log.info("%s", self.run_cache.summary())
+        if self.data_dir is not None:
+            self.data_dir.cleanup()
 
 
 def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi=None, recorder=None,
@@ -148,12 +151,21 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
 
 
 def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
-    """The prompt rows (`omniopd.data`): read before any model loads, so a bad row fails fast."""
-    from omniopd.data import load_prompts
+    """The prompt rows (`omniopd.data`), streamed into a memory-mapped dataset in a temporary
+    directory (removed by `Parts.close`); read before any model loads, so a bad row fails fast."""
+    import tempfile
+
+    from omniopd.data import prompt_dataset
 
     d = cfg.data
-    rows = load_prompts(d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt)
-    return Parts(cfg, run_dir, rows)
+    tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
+    try:
+        rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
+                              cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return Parts(cfg, run_dir, rows, data_dir=tmp)
 
 
 def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
@@ -213,8 +225,6 @@ def setup_pipeline(parts: Parts, phi=None, echo: bool = True, verifier=None) -> 
 
 def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> None:
     """`OmniOPDTrainer` (a `trl.GRPOTrainer`) with the metrics logger and the budget stop."""
-    from datasets import Dataset
-
     from omniopd.learner import OmniOPDTrainer
     from omniopd.run_log import BudgetStop, MetricsLogger
 
@@ -230,7 +240,7 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
         args=grpo_args(cfg, parts.run_dir.path),
-        train_dataset=Dataset.from_list(parts.rows),
+        train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
         callbacks=[metrics, parts.budget, *extra_callbacks],
