@@ -17,6 +17,7 @@ tests use that to run the real training path on tiny models built in-process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -160,12 +161,27 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     d = cfg.data
     tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
     try:
-        rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
-                              cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
+        with _datasets_quiet():
+            rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
+                                  cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
     except BaseException:
         tmp.cleanup()
         raise
     return Parts(cfg, run_dir, rows, data_dir=tmp)
+
+
+@contextlib.contextmanager
+def _datasets_quiet():
+    """No "Generating train split" bar for our own in-process copy of the rows."""
+    import datasets
+
+    was = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was:
+            datasets.enable_progress_bars()
 
 
 def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
@@ -216,7 +232,7 @@ def setup_pipeline(parts: Parts, phi=None, echo: bool = True, verifier=None) -> 
         parts.pipeline = Pipeline(parts.teacher, parts.tokenizer, sched, phi, samples=cfg.teacher.samples,
                                   alpha=cfg.scorer.alpha, trim_slack=cfg.scorer.trim_slack,
                                   token_factor=cfg.teacher.token_factor, teacher_temperature=cfg.teacher.temperature,
-                                  max_usd=cfg.teacher.max_usd, recorder=parts.recorder, progress=echo,
+                                  max_usd=cfg.teacher.max_usd, recorder=parts.recorder, progress=False,
                                   skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
     # white-box methods read the teacher model itself, not the cache in front of it
     parts.method, parts.drift_gate = build_method(cfg, parts.tokenizer, getattr(parts.teacher, "inner", None) or parts.teacher,
@@ -226,7 +242,7 @@ def setup_pipeline(parts: Parts, phi=None, echo: bool = True, verifier=None) -> 
 def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> None:
     """`OmniOPDTrainer` (a `trl.GRPOTrainer`) with the metrics logger and the budget stop."""
     from omniopd.learner import OmniOPDTrainer
-    from omniopd.run_log import BudgetStop, MetricsLogger
+    from omniopd.run_log import BudgetStop, MetricsLogger, quiet_console
 
     cfg = parts.cfg
     peft_config = None
@@ -247,11 +263,12 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         pipeline=parts.pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
-        progress=echo,
+        progress=False,  # one bar for the run (quiet_console), none per rollout
         replay=parts.replay_rollouts,
         method=parts.method,
         drift_gate=parts.drift_gate,
     )
+    quiet_console(parts.trainer, echo)
 
 
 def train(parts: Parts) -> str | None:

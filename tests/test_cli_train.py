@@ -69,3 +69,23 @@ def test_demo_defaults_on_packaged_models(tmp_path, capsys, monkeypatch):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["teacher_samples"] > 0
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_console_is_one_line_per_step_and_every_figure_still_recorded(tmp_path, tiny_dirs):
+    """No TRL dict, no per-rollout bars, no loading bars; metrics.jsonl and report_to keep every figure."""
+    from tests.test_fail_fast import omniopd
+
+    student, teacher = tiny_dirs
+    out = tmp_path / "run"
+    r = omniopd(*_argv(student, teacher, out, "--max-steps", "2", "--report-to", "tensorboard", "--cache-mode", "off"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    console = (r.stdout + r.stderr).replace("\r", "\n")
+    assert [ln.split("|")[0].strip() for ln in console.splitlines() if ln.startswith("step ")] == ["step    1", "step    2"]
+    for noise in ("{'loss'", "'grad_norm'", "rollouts (", "teacher:", "Loading weights", "Writing model shards",
+                  "Generating train split"):
+        assert noise not in console, noise
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "grad_norm", "pihat_mean", "entropy", "teacher_seconds", "teacher_samples_by_teacher"):
+        assert all(key in row for row in rows), key
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and b"omniopd/pihat_mean" in b"".join(p.read_bytes() for p in events)
