@@ -214,14 +214,14 @@ class MethodConfig:
 @dataclass
 class OutputConfig:
     dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
-    save_steps: int = knob(1, "save a resumable checkpoint every N steps")
+    save_steps: int = knob(1, "save a resumable checkpoint every N steps (and at the last); 0 = none, final/ only")
     save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
     report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
     resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")
-        _check(self.save_steps >= 1, "output.save_steps", f"must be >= 1; got {self.save_steps}")
+        _check(self.save_steps >= 0, "output.save_steps", f"must be >= 0; got {self.save_steps}")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
 from omniopd.preflight import preflight
-from omniopd.run_dir import RunDir, newest_checkpoint  # noqa: F401  (newest_checkpoint: kept importable here)
+from omniopd.run_dir import RunDir, newest_checkpoint
 
 log = logging.getLogger("omniopd")
 
@@ -80,8 +80,8 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
         temperature=S.temperature,
         max_completion_length=S.max_new_tokens,
         logging_steps=1,
-        save_strategy="steps",
-        save_steps=cfg.output.save_steps,
+        save_strategy="steps" if cfg.output.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
+        save_steps=cfg.output.save_steps or 1,
         save_total_limit=cfg.output.save_total_limit,
         report_to=report_to,
         seed=L.seed,
@@ -104,6 +104,7 @@ class Parts:
     data_dir: Any = None  # the TemporaryDirectory holding its Arrow file
     model: Any = None
     tokenizer: Any = None
+    student_loaded: bool = False  # loaded from --student here (not passed in memory)
     run_cache: Any = None
     teacher: Any = None
     recorder: Any = None
@@ -191,6 +192,7 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
     if model is None:
         log.info("loading student %s", parts.cfg.student.model)
         model, tokenizer = load_causal_lm(parts.cfg.student.model)
+        parts.student_loaded = True
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     parts.model, parts.tokenizer = model, tokenizer
@@ -287,16 +289,37 @@ def train(parts: Parts) -> str | None:
 
 def finish(parts: Parts, stopped: str | None) -> TrainResult:
     """Save `final/` (model or LoRA adapter, and the tokenizer) unless the run stopped early."""
-    final_dir = None
-    trainer = parts.trainer
+    trainer, p = parts.trainer, parts.pipeline
+    result = TrainResult(parts.run_dir.path, None, trainer.state.global_step, stopped,
+                         p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0,
+                         dict(p.samples_by_teacher) if p else {})
     if stopped is None:
-        final_dir = parts.run_dir.final_dir
-        trainer.save_model(str(final_dir))
-        parts.tokenizer.save_pretrained(str(final_dir))
-    p = parts.pipeline
-    return TrainResult(parts.run_dir.path, final_dir, trainer.state.global_step, stopped,
-                       p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0,
-                       dict(p.samples_by_teacher) if p else {})
+        result.final_dir = save_final(parts, result)
+    return result
+
+
+def save_final(parts: Parts, result: TrainResult) -> Path:
+    """`final/`, portable: the student's published dtype, a LoRA adapter naming the original base
+    model (not the local GGUF-conversion cache), and our model card (`omniopd.model_card`)."""
+    from omniopd.model_card import write_model_card
+    from omniopd.models import base_model_id, declared_dtype
+
+    cfg, trainer, final_dir = parts.cfg, parts.trainer, parts.run_dir.final_dir
+    spec = cfg.student.model
+    base = base_model_id(spec) if parts.student_loaded else spec
+    adapter = hasattr(trainer.model, "peft_config")
+    if adapter:
+        for peft_cfg in trainer.model.peft_config.values():
+            peft_cfg.base_model_name_or_path = base
+    dtype = declared_dtype(spec) if parts.student_loaded else None
+    if dtype is not None and next(trainer.model.parameters()).dtype != dtype:
+        trainer.model.to(dtype)  # training is over; the in-memory model was loaded by us
+    trainer.save_model(str(final_dir))
+    parts.tokenizer.save_pretrained(str(final_dir))
+    write_model_card(final_dir, cfg, base_model=base, steps=result.steps, teacher_samples=result.teacher_samples,
+                     teacher_usd=result.teacher_usd, samples_by_teacher=result.samples_by_teacher, adapter=adapter,
+                     prompts=len(parts.rows))
+    return final_dir
 
 
 def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
@@ -355,6 +378,7 @@ def summarize(result: TrainResult) -> str:
              + f", ${result.teacher_usd:.4f} teacher spend"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
-    lines.append(f"omniopd: results in {result.output_dir}/ (config.yaml, metrics.jsonl, checkpoint-*/"
-                 + (", final/)" if result.final_dir else ")"))
+    parts = ["config.yaml", "metrics.jsonl"] + (["checkpoint-*/"] if newest_checkpoint(result.output_dir) else []) \
+        + (["final/"] if result.final_dir else [])
+    lines.append(f"omniopd: results in {result.output_dir}/ ({', '.join(parts)})")
     return "\n".join(lines)
