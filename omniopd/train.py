@@ -144,7 +144,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     try:
         setup_student(parts, model, tokenizer)
         setup_teacher(parts, teacher, recorder)
-        setup_pipeline(parts, phi, echo, verifier)
+        setup_pipeline(parts, phi, verifier)
         setup_trainer(parts, extra_callbacks or [], echo)
         stopped = train(parts)
     finally:
@@ -219,7 +219,7 @@ def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
             parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=recorded))
 
 
-def setup_pipeline(parts: Parts, phi=None, echo: bool = True, verifier=None) -> None:
+def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     """OmniOPD's audit pipeline (scheduler, teacher, similarity), or another method's signals."""
     from omniopd.pipeline import Pipeline
     from omniopd.similarity import build_similarity
