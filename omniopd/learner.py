@@ -297,6 +297,11 @@ class OmniOPDTrainer(GRPOTrainer):
         v = self.accelerator.gather(value.detach().float().reshape(1).to(self.accelerator.device))
         return float(v.max() if how == "max" else v.mean())
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        """TRL's GRPO card (no base model, "trained with GRPO", DeepSeekMath) is not written:
+        `final/README.md` is omniopd's own (`omniopd.model_card`, written by `train.save_final`)."""
+        return None
+
     def _token_normalizer(self, inputs, mode: str) -> torch.Tensor:
         # TRL's "dapo" normaliser: completion tokens of the generation batch, rescaled to one
         # accumulation window, so the anchor is on the same scale as the policy term.

@@ -283,6 +283,7 @@ class Pipeline:
         self.progress = progress
         self.extra_stages = list(extra_stages or [])
         self.teacher_samples_total = 0
+        self.samples_by_teacher: dict[str, int] = {}  # who wrote the samples (an API teacher, its fallback)
         self._own_loop = loop is None
         self.loop = loop if loop is not None else EventLoop()
         # phi runs here, one chunk at a time, never on the event loop (embedders are CPU/GPU work)
@@ -361,6 +362,10 @@ class Pipeline:
         m.update(scatter_advantages(state))
         m.update(teacher_metrics(state.chunks))
         self.teacher_samples_total += int(m["teacher_samples"])
+        for c in state.chunks:
+            for smp in c.samples:
+                name = smp.teacher or "unknown"
+                self.samples_by_teacher[name] = self.samples_by_teacher.get(name, 0) + 1
         m["teacher_cost_usd_total"] = self.spent_usd
         m["replay_missed_forks"] = float(self.replay_missed_forks)
         for k in ("pihat_mean", "pihat_min", "pihat_max", "k_over_n_mean", "pibar_mean"):
