@@ -110,19 +110,22 @@ class OmniOPDTrainer(GRPOTrainer):
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness)
+            sampling_s = 0.0
             while len(self._ahead) < self._batches_wanted(mode):
+                t_sample = time.perf_counter()
                 if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                     rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
                 else:
                     rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                                  progress=self.progress)
+                sampling_s += time.perf_counter() - t_sample
                 self._ahead.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
-            t1 = time.perf_counter()
             sampled_at, finish = self._ahead.popleft()
             audit = finish()
         rollouts = audit.rollouts
         t2 = time.perf_counter()
+        t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
         device = self.accelerator.device
         completion_mask = rollouts.completion_mask.to(device)
         n_tokens = completion_mask.sum()
