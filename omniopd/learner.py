@@ -16,6 +16,8 @@
   (TRL's `epsilon`); `--drift-gate block` is the documented companion. N = 0 is today's order.
   The queue never holds more than N + 1 batches: a teacher outage blocks the step (until the
   client's deadline turns it into per-chunk failures), it never piles up work.
+- `--use-vllm`: rollouts come from TRL's vLLM path (`_generate`, colocate or server mode);
+  log pi(y_t) and H_t are recomputed by one teacher-forced student forward (omniopd/recompute.py).
 - `_compute_loss`: TRL's loss with its own k3 `beta` set to 0, plus the exact full-vocabulary
   KL(pi_ref || pi_theta) on unaudited completion tokens. The policy logits come from the same
   forward TRL's loss uses (`_get_per_token_logps_and_entropies` is overridden to keep them),
@@ -43,7 +45,8 @@ from trl.models.utils import unwrap_model_for_generation
 from omniopd.methods.drift_gate import DriftGate
 from omniopd.methods.signals import MethodSignals, ScoredBatch
 from omniopd.pipeline import Pipeline
-from omniopd.rollouts import entropy_B, generate_rollouts
+from omniopd.recompute import rollouts_from_token_ids
+from omniopd.rollouts import Rollouts, entropy_B, generate_rollouts
 
 
 def chunk_weights_reward(prompts, completions, **kwargs):
@@ -115,6 +118,8 @@ class OmniOPDTrainer(GRPOTrainer):
                 t_sample = time.perf_counter()
                 if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                     rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+                elif self.use_vllm:
+                    rollouts = self._vllm_rollouts(unwrapped, prompts)
                 else:
                     rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -154,6 +159,17 @@ class OmniOPDTrainer(GRPOTrainer):
         m["omniopd/audit_seconds"].append(t2 - t1)
         m["completions/mean_length"].append(float(n_tokens) / max(1, completion_mask.size(0)))
         return out
+
+    def _vllm_rollouts(self, student, prompts) -> Rollouts:
+        """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
+        log pi(y_t) and the exact H_t by one teacher-forced forward of the student (vLLM reports
+        neither full-vocabulary entropies nor log-probs under the trainer's numerics).
+
+        Only run where a GPU and vLLM are present; CPU tests cover `rollouts_from_token_ids`.
+        """
+        prompt_ids, completion_ids = self._generate(prompts)[:2]
+        return rollouts_from_token_ids(student, self.processing_class, prompts, prompt_ids, completion_ids,
+                                       temperature=self.temperature)
 
     def _batches_wanted(self, mode: str) -> int:
         """How many started batches the queue should hold before this call takes the oldest.
