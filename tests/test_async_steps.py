@@ -65,9 +65,9 @@ def _train(tmp_path, monkeypatch, async_steps, steps=4):
 
     monkeypatch.setattr(Pipeline, "start", counting_start)
     monkeypatch.setattr(Pipeline, "finish", counting_finish)
-    compute = OmniOPDTrainer._compute_loss
+    compute = OmniOPDTrainer.compute_loss
 
-    def recording_loss(self, model, inputs):
+    def recording_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # what TRL's loss reads for its ratio, and the student's log-probs before this update
         with torch.no_grad():
             ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
@@ -77,9 +77,9 @@ def _train(tmp_path, monkeypatch, async_steps, steps=4):
             now = torch.log_softmax(logits, -1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
         log["batches"].append({"old": inputs.get("old_per_token_logps"), "behaviour": inputs["behaviour_logps"].clone(),
                                "mask": inputs["completion_mask"].clone(), "now": now, "step": self.state.global_step})
-        return compute(self, model, inputs)
+        return compute(self, model, inputs, return_outputs, num_items_in_batch)
 
-    monkeypatch.setattr(OmniOPDTrainer, "_compute_loss", recording_loss)
+    monkeypatch.setattr(OmniOPDTrainer, "compute_loss", recording_loss)
     data = tmp_path / "d.jsonl"
     qs = ["Tom has 3 apples.", "The train leaves at noon.", "Add 7 and 5.", "Natalia sold clips."]
     data.write_text("\n".join(json.dumps({"question": q}) for q in qs))

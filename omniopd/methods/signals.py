@@ -86,8 +86,8 @@ class MethodSignals:
             raise ValueError(f"method {self.method} samples teacher completions: pass teacher=")
 
     @property
-    def needs_logits(self) -> bool:
-        """Does the loss need the student's full log-softmax (TrOPD's outlier forward KL)?"""
+    def needs_ids(self) -> bool:
+        """Does the loss need the student's log-probabilities at given ids (TrOPD's outlier forward KL)?"""
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
@@ -237,12 +237,20 @@ class MethodSignals:
         return ScoredBatch(rollouts, adv, mask.bool(), extra=extra, metrics=metrics)
 
     # -- loss extras ----------------------------------------------------------------------------
-    def extra_loss_B_T(self, logp_B_T_V: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
-        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None."""
-        if not self.needs_logits or "teacher_topk_ids" not in inputs:
+    def head_ids_B_T_K(self, inputs: dict) -> torch.Tensor | None:
+        """Vocabulary ids per token whose student log-probabilities the loss needs (TrOPD: teacher top-k)."""
+        if not self.needs_ids or "teacher_topk_ids" not in inputs:
             return None
-        student_topk = logp_B_T_V.gather(-1, inputs["teacher_topk_ids"].long())
-        return tropd.forward_kl_topk_B_T(student_topk, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
+        return inputs["teacher_topk_ids"]
+
+    def extra_loss_B_T(self, ids_logp_B_T_K: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
+        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None.
+
+        `ids_logp_B_T_K`: the student's full-vocabulary log-probabilities at `head_ids_B_T_K(inputs)`.
+        """
+        if ids_logp_B_T_K is None:
+            return None
+        return tropd.forward_kl_topk_B_T(ids_logp_B_T_K, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
 
     # -- teacher text --------------------------------------------------------------------------
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
