@@ -122,9 +122,11 @@ class OmniOPDTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness)
+            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness);
+            # evaluation never takes from (or adds to) the training queue
+            queue = self._ahead if mode == "train" else collections.deque()
             sampling_s = 0.0
-            while len(self._ahead) < self._batches_wanted(mode):
+            while len(queue) < self._batches_wanted(mode):
                 t_sample = time.perf_counter()
                 if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                     rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
@@ -135,8 +137,8 @@ class OmniOPDTrainer(GRPOTrainer):
                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                                  progress=self.progress)
                 sampling_s += time.perf_counter() - t_sample
-                self._ahead.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
-            sampled_at, finish = self._ahead.popleft()
+                queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
+            sampled_at, finish = queue.popleft()
             audit = finish()
         rollouts = audit.rollouts
         t2 = time.perf_counter()
