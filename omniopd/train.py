@@ -92,7 +92,23 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
         remove_unused_columns=False,
         disable_tqdm=False,
         log_completions=False,
+        **_vllm_args(S),
     )
+
+
+def _vllm_args(S) -> dict[str, Any]:
+    """TRL's vLLM generation knobs for `--use-vllm` (none otherwise, so TRL's defaults stay untouched)."""
+    if not S.use_vllm:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--use-vllm needs vLLM on a GPU machine: pip install vllm (see README, section "
+                          "'Overlapped steps and vLLM rollouts'); without it, drop --use-vllm")
+    out: dict[str, Any] = {"use_vllm": True, "vllm_mode": S.vllm_mode}
+    if S.vllm_server_base_url:
+        out["vllm_server_base_url"] = S.vllm_server_base_url
+    return out
 
 
 @dataclass
