@@ -162,9 +162,10 @@ def main() -> None:
     ids = ro.completion_ids
     in_chunk = sum(int((ids[c.row, c.start:c.start + c.length] == eos).any()) for c in chunks)
     n_eos = int(((ids == eos) & ro.completion_mask.bool()).sum())
-    print(f"{len(chunks)} audited chunks; {in_chunk} of them hold the end-of-turn token, which is {n_eos} of "
-          f"{int(ro.completion_mask.sum())} completion tokens: the chunk term's positive weight almost never falls on "
-          "stopping")
+    audited = sum(c.length for c in chunks)
+    print(f"{len(chunks)} audited chunks: end-of-turn is {in_chunk / audited:.1%} of audited tokens and "
+          f"{n_eos / float(ro.completion_mask.sum()):.1%} of completion tokens (the chunk term's positive weight "
+          "reaches stopping less often than continuing)")
 
     # --- 2. does pi_hat see which completions are right? ---------------------------------------------
     print("\n| phi | mean pi_hat, chunks of right completions | of wrong ones | gap | wrong-completion chunks "
