@@ -119,6 +119,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         model, tokenizer = load_causal_lm(cfg.student.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not (out / "tokenizer").exists():  # the run's own tokenizer: report/inspect/export read token text with it
+        tokenizer.save_pretrained(str(out / "tokenizer"))
     # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
     from omniopd.run_cache import ReplayRollouts, open_run_cache
 
