@@ -28,6 +28,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -322,11 +323,7 @@ class RunData:
                 except ValueError:
                     self.problems.append(f"sample id {i!r} is not hex; skipped")
             for uid, entry in self._store.by_uid(uids).items():
-                s = entry.sample
-                mode = s.extra.get("continuation") or ("raw" if s.teacher.startswith("local") else run_mode)
-                self._samples[uid.hex()] = SampleView(
-                    uid.hex(), s.text, s.text, None, s.teacher, s.model, bool(s.exact), mode, s.input_tokens,
-                    s.output_tokens, s.cost_usd, s.finish_reason)
+                self._samples[uid.hex()] = sample_view(uid.hex(), entry.sample, run_mode)
         return {i: self._samples[i] for i in ids if i in self._samples}
 
     def forks(self, step: int | None = None, with_text: bool = True) -> list[Fork]:
@@ -338,37 +335,8 @@ class RunData:
         return out
 
     def _forks_of(self, step: int, ep: dict[str, Any], with_text: bool) -> list[Fork]:
-        chunks = sorted(ep.get("chunks") or [], key=lambda c: (c.get("row", 0), c.get("start", 0)))
-        ids = [i for c in chunks for i in (c.get("sample_ids") or c.get("teacher_sample_ids") or [])]
-        stored = self.samples(ids) if with_text else {}
-        slack = float(self.setting("scorer", "trim_slack", 0.2))
-        prompts, comps = ep.get("prompts") or [], ep.get("completion_ids") or []
-        out, per_row = [], {}
-        for c in chunks:
-            row, start, length = int(c.get("row", 0)), int(c.get("start", 0)), int(c.get("length", 0))
-            student = c.get("student_text", "")
-            sids = list(c.get("sample_ids") or c.get("teacher_sample_ids") or [])
-            phis = list(c.get("phi") or [])
-            chars = list(c.get("compared_chars") or [])
-            teachers = list(c.get("teachers") or [])
-            views = []
-            for j, sid in enumerate(sids):
-                v = stored.get(sid) if sid else None
-                if v is None:
-                    v = SampleView(sid, "", "", None, teachers[j] if j < len(teachers) else "", stored=False)
-                else:
-                    v = dataclasses.replace(v)
-                v.phi = float(phis[j]) if j < len(phis) else None
-                v.compared = v.text[: int(chars[j])] if j < len(chars) else trim_to_chars(v.text, len(student), slack)
-                views.append(v)
-            prefix = ""
-            if with_text and row < len(comps):
-                prefix = self.tokenizer.decode(comps[row][:start], skip_special_tokens=True)
-            index = per_row[row] = per_row.get(row, -1) + 1
-            out.append(Fork(step, step - 1, row, index, start, length, prompts[row] if row < len(prompts) else None,
-                            prefix, student, views, float(c.get("k", sum(phis))), int(c.get("n_eff", len(phis))),
-                            float(c.get("pibar", 0.0)), float(c.get("pihat", 0.0)), sids))
-        return out
+        return forks_from_episode(step, ep, self.samples if with_text else None,
+                                  self.tokenizer if with_text else None, float(self.setting("scorer", "trim_slack", 0.2)))
 
     def completion(self, step: int, index: int) -> Completion:
         ep = self.episode(step)
@@ -424,6 +392,51 @@ class RunData:
             if isinstance(d, dict) and "greedy_accuracy" in d:
                 out.append((p.stem, d))
         return out
+
+
+def sample_view(sample_id: str | None, s: Any, run_mode: str = "") -> SampleView:
+    """A stored `TeacherSample` as a `SampleView` (phi and `compared` are filled in per fork)."""
+    mode = s.extra.get("continuation") or ("raw" if s.teacher.startswith("local") else run_mode)
+    return SampleView(sample_id, s.text, s.text, None, s.teacher, s.model, bool(s.exact), mode, s.input_tokens,
+                      s.output_tokens, s.cost_usd, s.finish_reason)
+
+
+def forks_from_episode(step: int, ep: dict[str, Any], lookup: Callable[[list], dict[str, SampleView]] | None,
+                       tokenizer, trim_slack: float = 0.2) -> list[Fork]:
+    """The forks of one recorded episode, in (completion, start) order.
+
+    `lookup(ids)` returns the stored samples by id (None: no sample text); `tokenizer` decodes
+    each fork's prefix (None: empty prefixes). What phi saw of a sample is its first
+    `compared_chars` characters, or the same trim recomputed for recordings without them.
+    """
+    chunks = sorted(ep.get("chunks") or [], key=lambda c: (c.get("row", 0), c.get("start", 0)))
+    ids = [i for c in chunks for i in (c.get("sample_ids") or c.get("teacher_sample_ids") or [])]
+    stored = lookup(ids) if lookup is not None else {}
+    prompts, comps = ep.get("prompts") or [], ep.get("completion_ids") or []
+    out, per_row = [], {}
+    for c in chunks:
+        row, start, length = int(c.get("row", 0)), int(c.get("start", 0)), int(c.get("length", 0))
+        student = c.get("student_text", "")
+        sids = list(c.get("sample_ids") or c.get("teacher_sample_ids") or [])
+        phis, chars, teachers = list(c.get("phi") or []), list(c.get("compared_chars") or []), list(c.get("teachers") or [])
+        views = []
+        for j, sid in enumerate(sids):
+            v = stored.get(sid) if sid else None
+            if v is None:
+                v = SampleView(sid, "", "", None, teachers[j] if j < len(teachers) else "", stored=False)
+            else:
+                v = dataclasses.replace(v)
+            v.phi = float(phis[j]) if j < len(phis) else None
+            v.compared = v.text[: int(chars[j])] if j < len(chars) else trim_to_chars(v.text, len(student), trim_slack)
+            views.append(v)
+        prefix = ""
+        if tokenizer is not None and row < len(comps):
+            prefix = tokenizer.decode(comps[row][:start], skip_special_tokens=True)
+        index = per_row[row] = per_row.get(row, -1) + 1
+        out.append(Fork(step, step - 1, row, index, start, length, prompts[row] if row < len(prompts) else None,
+                        prefix, student, views, float(c.get("k", sum(phis))), int(c.get("n_eff", len(phis))),
+                        float(c.get("pibar", 0.0)), float(c.get("pihat", 0.0)), sids))
+    return out
 
 
 def _merge(into: dict[str, Any], ep: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=False,
+        log_completions=cfg.output.log_completions,
     )
 
 
@@ -156,13 +156,19 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     metrics = MetricsLogger(out / "metrics.jsonl", pipeline=pipeline, echo=echo)
+    completion_log = None
+    if cfg.output.log_completions and pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
+        from omniopd.completion_log import CompletionLog
+
+        completion_log = CompletionLog(tokenizer, teacher, then=pipeline.recorder, trim_slack=cfg.scorer.trim_slack)
+        pipeline.recorder = completion_log
     trainer = OmniOPDTrainer(
         model=model,
         args=grpo_args(cfg, out),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics, *(extra_callbacks or [])],
+        callbacks=[metrics, *([completion_log] if completion_log else []), *(extra_callbacks or [])],
         pipeline=pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
@@ -171,6 +177,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         method=method,
         drift_gate=drift_gate,
     )
+    if completion_log is not None:
+        completion_log.attach(trainer)
     stopped = None
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
