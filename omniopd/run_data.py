@@ -145,21 +145,30 @@ def prompt_text(prompt: Any) -> str:
 def token_pieces(tokenizer, ids: list[int]) -> tuple[list[str], list[bool]]:
     """The text each token adds to the decoded completion, and which tokens are special.
 
-    Decoding growing prefixes (not single tokens) keeps multi-byte characters whole: a
-    character split across byte-level tokens appears once, on the token that completes it.
+    Decoding growing prefixes (not single tokens) keeps multi-byte characters whole: while the
+    decoded text ends in an incomplete character (U+FFFD) the token adds nothing yet, and the
+    token that completes the character carries it. The non-special pieces join to exactly
+    `decode(ids, skip_special_tokens=True)`.
     """
     specials = set(getattr(tokenizer, "all_special_ids", []) or [])
-    pieces, special, prev = [], [], ""
+    pieces, special, emitted, last_text = [], [], "", ""
     for i, tid in enumerate(ids):
         if tid in specials:
             pieces.append(tokenizer.decode([tid]))
             special.append(True)
             continue
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        piece = text[len(prev):] if text.startswith(prev) else text
-        pieces.append(piece)
+        last_text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
         special.append(False)
-        prev = text
+        if last_text.endswith("\ufffd") or not last_text.startswith(emitted):
+            pieces.append("")  # wait for the rest of the character
+            continue
+        pieces.append(last_text[len(emitted):])
+        emitted = last_text
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if full != emitted:  # what is still held back goes on the last ordinary token
+        j = max((k for k, sp in enumerate(special) if not sp), default=None)
+        if j is not None:
+            pieces[j] = full[len("".join(p for p, sp in zip(pieces[:j], special) if not sp)):]
     return pieces, special
 
 

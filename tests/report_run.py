@@ -17,7 +17,7 @@ from omniopd.config import build_config
 _RUNS: dict[str, Path] = {}
 
 
-def run_config(out: Path, cache: Path, **extra) -> object:
+def run_config(out: Path, cache_file: Path, **extra) -> object:
     return build_config({
         "student": {"generations": 2, "max_new_tokens": 24},
         "teacher": {"spec": "claude-haiku", "samples": 3, "no_fallback": True, "rpm": 6000},
@@ -25,7 +25,7 @@ def run_config(out: Path, cache: Path, **extra) -> object:
         "scorer": {"similarity": "edit"},
         "learner": {"max_steps": 2, "learning_rate": 5e-3, "prompts_per_step": 2, "seed": 0},
         "output": {"dir": str(out), "save_steps": 100, **extra.pop("output", {})},
-        "cache": {"path": str(cache), **extra.pop("cache", {})},
+        "cache": {"path": str(cache_file), **extra.pop("cache", {})},
         **extra,
     })
 
