@@ -86,7 +86,8 @@ def run_inspect(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         back = "../index.html" if args.html is None and (base / "report" / "index.html").exists() else None
         out.write_text(render_html(completion, run_name=data.name, alpha=alpha, back=back), encoding="utf-8")
-        print(f"step {step}, completion {index} of {data.completions_in(step)}: {len(completion.forks)} forks; wrote {out}")
+        print(f"step {step}, completion {index} (the step has {data.completions_in(step)}, from 0): "
+              f"{len(completion.forks)} forks; wrote {out}")
     return 0
 
 

@@ -135,7 +135,8 @@ def build_report(run: RunData, out_dir: str | Path | None = None, clock=time.tim
         + f'<h2>Plots</h2><div class="plots" id="plots">{figures}</div>'
         f'<h2>Forks: the highest and the lowest π̂ of each step</h2><div id="forks">{_fork_table(rows)}</div>'
         f"<h2>Teachers</h2>{_teacher_table(run)}"
-        f'<h2>Resolved config</h2><pre id="config">{esc(config)}</pre>'
+        f'<h2>Resolved config</h2><details><summary>config.yaml (every knob, as the run resolved it)</summary>'
+        f'<pre id="config">{esc(config)}</pre></details>'
     )
     index = out / "index.html"
     index.write_text(page(f"omniopd report — {run.name}", body), encoding="utf-8")

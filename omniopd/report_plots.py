@@ -132,10 +132,15 @@ def _evals(run: RunData, ax) -> bool:
     if not evals:
         return False
     names, greedy = [n for n, _ in evals], [float(d["greedy_accuracy"]) for _, d in evals]
-    ax.bar(names, greedy, alpha=0.7, label="greedy")
+    xs = list(range(len(names)))
+    ax.bar(xs, greedy, alpha=0.7, label="greedy", width=0.5)
     for i, (_, d) in enumerate(evals):
+        ax.annotate(f"{greedy[i]:.3f} (n={d.get('n', '?')})", (i, greedy[i]), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points")
         for k, v in (d.get("pass_at_k") or {}).items():
             ax.scatter([i], [float(v)], marker="_", s=300, label=f"pass@{k}" if i == 0 else None)
+    ax.set_xticks(xs, names)
+    ax.set_xlim(-0.75, len(xs) - 0.25)
     ax.set_xlabel("eval file")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -178,6 +183,16 @@ FIGURES: list[tuple[str, str, str, Callable[[RunData, Any], bool], str]] = [
 ]
 
 
+_PLAIN = {r"$\hat\pi$": "π̂", r"$\bar\pi$": "π̄", r"$\pi_{ref}\,\|\,\pi_\theta$": "π_ref ‖ π_θ", r"$\beta\cdot$": "β·"}
+
+
+def plain(title: str) -> str:
+    """A figure title without matplotlib's mathtext, for HTML and messages."""
+    for tex, text in _PLAIN.items():
+        title = title.replace(tex, text)
+    return title
+
+
 def make_plots(run: RunData, out_dir: str | Path) -> tuple[list[Plot], list[str]]:
     """Draw every figure `run` has data for into `out_dir` (see the module docstring)."""
     out = Path(out_dir)
@@ -189,11 +204,11 @@ def make_plots(run: RunData, out_dir: str | Path) -> tuple[list[Plot], list[str]
         path = out / f"{name}.png"
         if draw(run, ax):
             _save(fig, path)
-            plots.append(Plot(name, title, path, caption))
+            plots.append(Plot(name, plain(title), path, caption))
         else:
             import matplotlib.pyplot as plt
 
             plt.close(fig)
             path.unlink(missing_ok=True)
-            missing.append(f"{title}: not in this run (needs {needs})")
+            missing.append(f"{plain(title)}: not in this run (needs {needs})")
     return plots, missing

@@ -11,7 +11,7 @@ checks read the DOM of the loaded page — what the browser rendered, not the HT
 - `inspector_problems(driver)`: the tokens rendered, each audited chunk is outlined, each fork
   section shows as many teacher-sample rows as its N_eff, each with text and a phi.
 
-`python -m tests.browser URL PNG [URL PNG ...]` takes full-page screenshots (docs/img/).
+`python -m tests.browser URL PNG [HEIGHT] [-- URL PNG [HEIGHT] ...]` takes screenshots (docs/img/).
 """
 
 from __future__ import annotations
@@ -60,9 +60,14 @@ def chromium() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def full_page_screenshot(driver, path: str | Path, width: int = 1280) -> Path:
-    height = int(driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"))
-    driver.set_window_size(width, min(max(height + 40, 600), 8000))
+def full_page_screenshot(driver, path: str | Path, width: int = 1280, height: int | None = None) -> Path:
+    """The whole page (or, with `height`, the top `height` pixels from where the URL's #anchor scrolled)."""
+    if height is None:
+        driver.set_window_size(width, 600)  # measure at a small viewport: a tall one pads the page
+        height = int(driver.execute_script("return document.documentElement.scrollHeight")) + 40
+    driver.set_window_size(width, min(max(height, 300), 8000))
+    if "#" in driver.current_url:  # resizing loses the anchor's scroll position
+        driver.execute_script("document.getElementById(location.hash.slice(1))?.scrollIntoView()")
     driver.save_screenshot(str(path))
     return Path(path)
 
@@ -77,7 +82,7 @@ const rows = [...document.querySelectorAll('#fork-table tr.fork-row')].map(r => 
   step: r.dataset.step, link: (r.querySelector('a') || {}).href || '', cells: r.querySelectorAll('td').length,
   shown: r.getBoundingClientRect().height > 0}));
 return {imgs, rows, teachers: document.querySelectorAll('#teacher-table tr').length - 1,
-        config: (document.querySelector('#config') || {}).innerText || ''};
+        config: (document.querySelector('#config') || {}).textContent || ''};
 """
 
 
@@ -142,13 +147,15 @@ def inspector_problems(driver) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or len(argv) % 2:
-        print("usage: python -m tests.browser URL PNG [URL PNG ...]", file=sys.stderr)
+    """`URL PNG [HEIGHT]` triples, one per line of arguments separated by `--`; HEIGHT 0 = full page."""
+    shots = [a.split() if isinstance(a, str) else a for a in " ".join(argv).split(" -- ")]
+    if not argv or any(len(s) not in (2, 3) for s in shots):
+        print("usage: python -m tests.browser URL PNG [HEIGHT] [-- URL PNG [HEIGHT] ...]", file=sys.stderr)
         return 2
     with chromium() as driver:
-        for url, png in zip(argv[::2], argv[1::2]):
+        for url, png, *h in shots:
             driver.get(url)
-            print(full_page_screenshot(driver, png))
+            print(full_page_screenshot(driver, png, height=int(h[0]) if h and int(h[0]) > 0 else None))
     return 0
 
 
