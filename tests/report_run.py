@@ -12,9 +12,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from omniopd.config import build_config
 
 _RUNS: dict[str, Path] = {}
+MID_RUN: dict[str, object] = {}  # what `omniopd report` saw while the run was at step 1
+
+
+class ReportMidRun(TrainerCallback):
+    """Builds the report while training is still going: after step 1's log line, the recorder open."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.global_step != 1 or MID_RUN:
+            return
+        from omniopd.report import build_report
+        from omniopd.run_data import RunData
+
+        with RunData.open(args.output_dir) as data:
+            result = build_report(data, self.out)
+            MID_RUN.update(status=data.status(), steps=data.steps(), metrics=len(data.metrics),
+                           plots=[p.stem for p in result.plots], forks=len(data.forks()))
 
 
 def run_config(out: Path, cache_file: Path, **extra) -> object:
@@ -46,7 +67,7 @@ def tiny_run(tmp_path_factory) -> Path:
         saved = {k: os.environ.get(k) for k in server.env()}
         os.environ.update(server.env())
         try:
-            run_train(cfg, model=model, tokenizer=tok, echo=False)
+            run_train(cfg, model=model, tokenizer=tok, echo=False, extra_callbacks=[ReportMidRun(base / "midrun-report")])
         finally:
             for k, v in saved.items():
                 if v is None:

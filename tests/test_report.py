@@ -20,7 +20,7 @@ from omniopd.errors import ReportError
 from omniopd.export import export, push_to_hub
 from omniopd.report import build_report
 from omniopd.run_data import RunData, read_metrics
-from tests.report_run import run_config, tiny_run
+from tests.report_run import MID_RUN, run_config, tiny_run
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,13 @@ def test_report_writes_plots_fork_links_and_teacher_table(run_dir, tmp_path):
     assert table[0]["samples"] == len(ids) and table[0]["cost_usd"] > 0
 
 
-def test_report_on_a_run_still_writing(run_dir, tmp_path):
+def test_report_while_the_run_trains(run_dir):
+    # built from a callback after step 1 logged, with the episode recorder's connection open
+    assert MID_RUN["status"].startswith("running or interrupted") and MID_RUN["steps"] == [1]
+    assert MID_RUN["metrics"] == 1 and MID_RUN["forks"] > 0 and "pihat" in MID_RUN["plots"]
+
+
+def test_report_on_a_half_written_metrics_file(run_dir, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(run_dir, live, ignore=shutil.ignore_patterns("final", "checkpoint-*"))
     text = (live / "metrics.jsonl").read_text()
