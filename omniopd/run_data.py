@@ -209,9 +209,11 @@ class RunData:
         self._runs: list[str] = []
         self._episodes: dict[int, dict[str, Any]] | None = None
         self._samples: dict[str, SampleView] = {}
-        if run_dir is not None:
-            self.metrics, self.problems = read_metrics(run_dir / METRICS_FILE)
-            cfg = run_dir / "config.yaml"
+        # where the run's own files are looked for: its directory, else the folder of its episodes file
+        self.home = run_dir if run_dir is not None else (episodes_file.parent if episodes_file is not None else None)
+        if self.home is not None:
+            self.metrics, self.problems = read_metrics(self.home / METRICS_FILE)
+            cfg = self.home / "config.yaml"
             if cfg.is_file():
                 try:
                     self.config = yaml.safe_load(cfg.read_text()) or {}
@@ -284,7 +286,7 @@ class RunData:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_run_tokenizer(self.run_dir, self.config)
+            self._tokenizer = load_run_tokenizer(self.home, self.config)
         return self._tokenizer
 
     # -- episodes ------------------------------------------------------------------------------

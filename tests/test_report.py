@@ -172,3 +172,36 @@ def test_log_completions_feeds_trl_tables_and_tensorboard(run_dir):
     text = acc.Tensors(fork_tag)[-1].tensor_proto.string_val[0].decode()
     assert "| step | completion | fork |" in text
     assert json.loads((run_dir / "eval.json").read_text())["n"] == 2
+
+
+def test_a_file_with_one_run_per_process_reads_as_one_run(run_dir, tmp_path):
+    # e.g. one recorded run per rank of a multi-process run: a step's completions run on across them
+    from cache.episodes import EpisodeRecorder, encode_episode
+
+    eps = recorded(run_dir)
+    with SampleStore(run_dir / "episodes.sqlite", "read-only") as store:
+        entries = store.by_uid([bytes.fromhex(i) for ep in eps.values() for i in sample_ids(ep)])
+    target = tmp_path / "ranks"
+    target.mkdir()
+    shutil.copy(run_dir / "config.yaml", target)
+    shutil.copytree(run_dir / "tokenizer", target / "tokenizer")
+    for rank in (0, 1):
+        rec = EpisodeRecorder(target, teacher=None, meta={"rank": rank}, run=f"rank{rank}")
+        for step, ep in eps.items():
+            rec.store.put_episode(rec.run, step, encode_episode(ep), list(entries.values()))
+        rec.close()
+    with RunData.open(target / "episodes.sqlite") as data, RunData.open(run_dir) as one:
+        assert data.steps() == one.steps()
+        n = one.completions_in(1)
+        assert data.completions_in(1) == 2 * n
+        assert len(data.forks(1)) == 2 * len(one.forks(1))
+        assert [f.pihat for f in data.forks(1) if f.completion >= n] == [f.pihat for f in one.forks(1)]
+
+
+def test_metrics_reader_skips_bad_lines_and_names_them(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "kl": 0.1}\nnot json\n{"kl": 2}\n{"step": 2, "kl": 0.2}\n{"step": 3, "k')
+    rows, problems = read_metrics(p)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert problems == ["metrics.jsonl line 2: not JSON; skipped", "metrics.jsonl line 3: no 'step' field; skipped",
+                        "metrics.jsonl line 5: the last line is incomplete (the run is still writing it); skipped"]
