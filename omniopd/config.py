@@ -56,6 +56,11 @@ class StudentConfig:
         _check(self.temperature > 0, "student.temperature", f"must be > 0; got {self.temperature}")
 
 
+# The local teacher an API teacher hands over to when the API stays down during a run. A
+# missing key falls back only to a --fallback-teacher the user named (no silent self-distillation).
+DEFAULT_FALLBACK_TEACHER = "local:smollm2"
+
+
 @dataclass
 class TeacherConfig:
     spec: str = knob("local:smollm2", "teacher: claude-haiku, anthropic:M, openai:M, gemini:M, openai-compatible:M, local:ID_OR_PATH", flag="--teacher")
@@ -63,7 +68,7 @@ class TeacherConfig:
     base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
     temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
     token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
-    fallback: str = knob("local:smollm2", "local teacher used when the API has no key or fails past its deadline", flag="--fallback-teacher")
+    fallback: str | None = knob(None, f"local teacher used when the API fails past its deadline (unset: {DEFAULT_FALLBACK_TEACHER}); naming it also lets a run with no API key start on it", flag="--fallback-teacher")
     no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
     max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
     concurrency: int = knob(8, "requests in flight per (provider, model)", flag="--teacher-concurrency")
@@ -94,16 +99,19 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    path: str = knob("demo", "prompts: a .jsonl file, a `datasets` directory, or 'demo' (the packaged set)", flag="--data")
-    prompt_field: str = knob("question", "JSONL/dataset field holding the prompt text (GSM8K: question)")
+    path: str = knob("demo", "prompts: a .jsonl/.json/.parquet/.csv file, a `save_to_disk` directory, a `datasets` name (with --data-config, --split), or 'demo' (the packaged set)", flag="--data")
+    prompt_field: str = knob("question", "field holding the prompt: text, or a list of chat messages (TRL's conversational 'prompt'); GSM8K: question")
     answer_field: str | None = knob(None, "field holding the reference answer (kept for verifiers and eval)")
-    split: str = knob("train", "split to read from a `datasets` directory")
+    split: str = knob("train", "split to read from a `save_to_disk` directory or a `datasets` name")
+    config: str | None = knob(None, "`datasets` config name for --data NAME (GSM8K: main)", flag="--data-config")
     limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
+    max_row_bytes: int = knob(1_000_000, "longest row accepted (JSONL line bytes; prompt characters otherwise); a longer one is an error naming its line", flag="--data-max-row-bytes")
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", "must not be empty")
         _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
+        _check(self.max_row_bytes >= 1, "data.max_row_bytes", f"must be >= 1; got {self.max_row_bytes}")
 
 
 @dataclass
@@ -143,9 +151,13 @@ class LearnerConfig:
     max_grad_norm: float = knob(1.0, "gradient clipping norm")
     max_steps: int = knob(3, "optimizer steps to run", flag="--max-steps")
     seed: int = knob(0, "seed for sampling, data order and initialisation", flag="--seed")
+    async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
+                               "1: one step stale, corrected by the PPO ratio against the recorded behaviour log-probs)",
+                            flag="--async-steps")
 
     def __post_init__(self) -> None:
         _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(0 <= self.async_steps <= 4, "learner.async_steps", f"must be in 0..4 (staleness is bounded); got {self.async_steps}")
         _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
         _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
         _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")
@@ -206,7 +218,7 @@ class MethodConfig:
 @dataclass
 class OutputConfig:
     dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
-    save_steps: int = knob(1, "save a resumable checkpoint every N steps")
+    save_steps: int = knob(1, "save a resumable checkpoint every N steps (and at the last); 0 = none, final/ only")
     save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
     report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
     resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
@@ -214,7 +226,7 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")
-        _check(self.save_steps >= 1, "output.save_steps", f"must be >= 1; got {self.save_steps}")
+        _check(self.save_steps >= 0, "output.save_steps", f"must be >= 0; got {self.save_steps}")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
 
 
