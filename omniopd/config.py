@@ -46,6 +46,9 @@ class StudentConfig:
     max_new_tokens: int = knob(256, "longest student completion, in tokens")
     temperature: float = knob(1.0, "student sampling temperature for rollouts (the paper: 1.0)")
     system_prompt: str | None = knob(None, "system message prepended to every prompt (none by default)")
+    use_vllm: bool = knob(False, "sample student rollouts with vLLM through TRL's use_vllm path (GPU; entropies by one teacher-forced forward)", flag="--use-vllm")
+    vllm_mode: str = knob("colocate", "--use-vllm: colocate (vLLM inside the training process) or server (`trl vllm-serve`)", choices=("colocate", "server"), flag="--vllm-mode")
+    vllm_server_base_url: str | None = knob(None, "--vllm-mode server: the `trl vllm-serve` URL (default http://localhost:8000)", flag="--vllm-server-url")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "student.model", "must not be empty")

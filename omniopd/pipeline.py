@@ -288,6 +288,7 @@ class Pipeline:
         self.loop = loop if loop is not None else EventLoop()
         # phi runs here, one chunk at a time, never on the event loop (embedders are CPU/GPU work)
         self._scorer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniopd-phi")
+        self._inflight: set[concurrent.futures.Future] = set()  # started rows not yet answered
         self._closed = False
 
     @property
@@ -303,6 +304,8 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        for f in list(self._inflight):  # a run that stopped early leaves started steps behind
+            f.cancel()
         self._scorer.shutdown(wait=True)
         if not self.loop.closed:
             self.loop.run(self.teacher.aclose())
@@ -327,7 +330,10 @@ class Pipeline:
                 started = True
                 pending.bar = tqdm(total=len(state.requests), desc="teacher", unit="chunk", leave=False,
                                    disable=not self.progress)
-            rows.append(self.loop.submit(self._answer_row(chunks, requests, pending)))
+            fut = self.loop.submit(self._answer_row(chunks, requests, pending))
+            self._inflight.add(fut)
+            fut.add_done_callback(self._inflight.discard)
+            rows.append(fut)
 
         state.metrics.update(fork_requests(state, self.scheduler, self.tokenizer, samples=self.samples,
                                            max_tokens=self.teacher_max_tokens, temperature=self.teacher_temperature,

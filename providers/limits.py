@@ -38,8 +38,7 @@ class TokenBucket:
         self._sleep = sleep
         self._tokens = self.burst
         self._last = clock()
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: Any = None
+        self._lock = asyncio.Lock()  # binds to the process's one event loop when first contended
 
     def _refill(self) -> None:
         now = self._clock()
@@ -47,9 +46,6 @@ class TokenBucket:
         self._last = now
 
     async def acquire(self, k: float = 1.0) -> None:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:  # one lock per event loop (asyncio.run per step)
-            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             need = min(k, self.burst)
             while True:
@@ -69,12 +65,12 @@ class Limits:
     tpm: float | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
-    _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
-    _sem_loop: Any = field(default=None, init=False, repr=False)
+    _sem: asyncio.Semaphore = field(init=False, repr=False)
     _req: TokenBucket | None = field(default=None, init=False, repr=False)
     _tok: TokenBucket | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)  # binds to the process's one event loop when first contended
         if self.rpm:
             self._req = TokenBucket(self.rpm / 60.0, clock=self.clock, sleep=self.sleep)
         if self.tpm:
@@ -83,9 +79,6 @@ class Limits:
     @contextlib.asynccontextmanager
     async def admit(self, est_tokens: float = 0.0) -> AsyncIterator[None]:
         """Hold a concurrency slot for the body; pay one request token and `est_tokens` first."""
-        loop = asyncio.get_running_loop()
-        if self._sem is None or self._sem_loop is not loop:  # primitives bind to one event loop
-            self._sem, self._sem_loop = asyncio.Semaphore(self.concurrency), loop
         async with self._sem:
             if self._req is not None:
                 await self._req.acquire(1.0)
