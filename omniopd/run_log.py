@@ -42,7 +42,12 @@ class MetricsLogger(TrainerCallback):
 
     def _cache_hits(self) -> dict[str, float]:
         """`cache_hit_rate`: share of this step's requested teacher samples served from the cache."""
-        counts = getattr(getattr(self.pipeline, "teacher", None), "counts", None)
+        teacher, counts = getattr(self.pipeline, "teacher", None), None
+        for _ in range(8):  # the CachedTeacher under the pipeline's wrappers (spend limit, replay misses)
+            counts = getattr(teacher, "counts", None)
+            if isinstance(counts, dict) and "requested" in counts or teacher is None:
+                break
+            teacher = getattr(teacher, "inner", None)
         if not isinstance(counts, dict) or "requested" not in counts:
             return {}
         before, self._counts = self._counts, dict(counts)
