@@ -225,6 +225,7 @@ class OutputConfig:
     save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
     report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
     resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
+    log_completions: bool = knob(False, "log each step's completion and fork tables (TRL's log_completions: completions/*.parquet, wandb, trackio; tensorboard text)", flag="--log-completions")
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")

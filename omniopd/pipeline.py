@@ -424,6 +424,8 @@ def episode_dict(rollouts: Rollouts, starts: list[list[int]], chunks: list[Chunk
                 "sample_ids": [s.cache_id for s in c.samples],
                 "teachers": [s.teacher for s in c.samples],
                 "phi": c.phi, "k": sum(c.phi), "n_eff": len(c.phi), "pibar": c.pibar, "pihat": c.pihat,
+                # each sample was cut to a prefix of this many characters before phi (what phi saw)
+                "compared_chars": [len(t) for t in c.teacher_texts],
             }
             for c in chunks
         ],

@@ -91,7 +91,7 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=False,
+        log_completions=cfg.output.log_completions,
         **_vllm_args(S),
     )
 
@@ -215,6 +215,9 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
         parts.student_loaded = True
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    saved = parts.run_dir.path / "tokenizer"
+    if not saved.exists():  # the run's own tokenizer: report/inspect/export read token text with it
+        tokenizer.save_pretrained(str(saved))
     parts.model, parts.tokenizer = model, tokenizer
 
 
@@ -280,13 +283,20 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
                                  task_type="CAUSAL_LM")
     metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo)
     parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
+    completion_log = None
+    if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
+        from omniopd.completion_log import CompletionLog
+
+        completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
+                                       trim_slack=cfg.scorer.trim_slack)
+        parts.pipeline.recorder = completion_log
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
         args=grpo_args(cfg, parts.run_dir.path),
         train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics, parts.budget, *extra_callbacks],
+        callbacks=[metrics, parts.budget, *([completion_log] if completion_log is not None else []), *extra_callbacks],
         pipeline=parts.pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
@@ -296,6 +306,8 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         drift_gate=parts.drift_gate,
         async_steps=cfg.learner.async_steps,
     )
+    if completion_log is not None:
+        completion_log.attach(parts.trainer)
     quiet_console(parts.trainer, echo)
 
 
