@@ -145,7 +145,8 @@ class OmniOPDTrainer(GRPOTrainer):
         t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
         device = self.accelerator.device
         completion_mask = rollouts.completion_mask.to(device)
-        n_tokens = completion_mask.sum()
+        student_rows = audit.student_rows or completion_mask.size(0)  # rows a signal appended are not normalised over
+        n_tokens = completion_mask[:student_rows].sum()
         num_items = self.accelerator.gather(n_tokens).sum()
         out = {
             "prompt_ids": rollouts.prompt_ids.to(device),
@@ -169,7 +170,7 @@ class OmniOPDTrainer(GRPOTrainer):
         m["omniopd/rollout_seconds"].append(t1 - t0)
         m["omniopd/rollout_staleness"].append(float(self.state.global_step - sampled_at))
         m["omniopd/audit_seconds"].append(t2 - t1)
-        m["completions/mean_length"].append(float(n_tokens) / max(1, completion_mask.size(0)))
+        m["completions/mean_length"].append(float(n_tokens) / max(1, student_rows))
         return out
 
     def _vllm_rollouts(self, student, prompts) -> Rollouts:

@@ -255,7 +255,7 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     parts.loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
-            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
+            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
         s = cfg.scheduler
         sched = ForkScheduler(s.chunk_tokens, s.chunks_per_completion, s.batch_budget, s.selection)
         parts.pipeline = Pipeline(parts.teacher, parts.tokenizer, sched, phi, samples=cfg.teacher.samples,
@@ -369,12 +369,13 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
     """
     import torch
 
+    from omniopd.methods.blackbox import blackbox_enabled
     from omniopd.methods.drift_gate import DriftGate
     from omniopd.methods.signals import MethodSignals
 
     M = cfg.method
     gate = DriftGate.build(M.drift_gate, tokenizer, block=M.gate_block_tokens, tau=M.gate_tau)
-    if M.name == "omniopd" and not M.verifier_gate:
+    if M.name == "omniopd" and not M.verifier_gate and not blackbox_enabled(M):
         return None, gate
     needs_answers = M.name == "sg-opd" or M.verifier_gate
     if needs_answers and not any(r.get("answer") for r in rows):
