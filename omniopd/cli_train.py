@@ -37,6 +37,9 @@ class _Once(logging.Filter):
         return True
 
 
+_ONCE: _Once | None = None  # the one filter, so repeated runs in a process do not stack filters
+
+
 def quiet_console() -> None:
     """The console of a run: our log lines, one progress bar, each warning once (Python's
     `warnings` already show once per place; library deprecation notices are off, `omniopd.cli`).
@@ -48,13 +51,20 @@ def quiet_console() -> None:
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ours = [h for h in logging.getLogger().handlers if h not in before]  # only the console handler we made
     for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    once = _Once()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(once)
-    logging.getLogger("transformers").addFilter(once)  # its records that reach its own handler
+    global _ONCE
+    if _ONCE is None:
+        _ONCE = _Once()
+    _ONCE.seen.clear()  # once per run: a second run in the same process (a notebook, tests) warns again
+    for handler in ours:  # never a host's handlers (pytest's capture, a notebook's, an app's own)
+        if _ONCE not in handler.filters:
+            handler.addFilter(_ONCE)
+    if _ONCE not in logging.getLogger("transformers").filters:
+        logging.getLogger("transformers").addFilter(_ONCE)  # its records that reach its own handler
 
 
 def run(args: argparse.Namespace) -> int:
