@@ -46,43 +46,81 @@ def newest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def grpo_args(cfg: TrainConfig, output_dir: Path):
-    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours)."""
+    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours).
+
+    Our knobs map onto TRL's fields (README, "Training"); the `trl:` section adds any other
+    GRPOConfig field. A bad value there is a ConfigError naming `trl.<field>`.
+    """
     import torch
     from trl import GRPOConfig
 
-    L, S = cfg.learner, cfg.student
+    L, S, O = cfg.learner, cfg.student, cfg.output
     batch = L.prompts_per_step * S.generations
-    report_to = [] if cfg.output.report_to == "none" else [x.strip() for x in cfg.output.report_to.split(",")]
-    return GRPOConfig(
+    accum = L.gradient_accumulation_steps
+    if batch % accum:
+        raise ConfigError(f"learner.gradient_accumulation_steps: {accum} must divide the step's completions "
+                          f"(prompts_per_step * generations = {batch})")
+    report_to = [] if O.report_to == "none" else [x.strip() for x in O.report_to.split(",")]
+    cuda = torch.cuda.is_available()
+    if S.dtype == "fp16" and not cuda:
+        raise ConfigError("student.dtype: fp16 needs a GPU (mixed precision with a loss scaler); use bf16 or fp32 on CPU")
+    fields = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        per_device_train_batch_size=batch // accum,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
         num_generations=S.generations,
         num_iterations=L.updates_per_batch,
-        max_steps=L.max_steps,
+        max_steps=L.max_steps,  # run_train turns --num-epochs into steps
+        num_train_epochs=L.num_epochs if L.num_epochs is not None else 3.0,
         learning_rate=L.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=L.lr_scheduler,
+        warmup_steps=L.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the run
         max_grad_norm=L.max_grad_norm,
         epsilon=L.epsilon,
         beta=0.0,
         loss_type="dapo",
         temperature=S.temperature,
         max_completion_length=S.max_new_tokens,
+        gradient_checkpointing=L.gradient_checkpointing,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=cfg.output.save_steps,
-        save_total_limit=cfg.output.save_total_limit,
+        save_steps=O.save_steps,
+        save_total_limit=O.save_total_limit,
         report_to=report_to,
+        run_name=O.run_name,
+        push_to_hub=O.push_to_hub,
+        hub_model_id=O.hub_model_id,
         seed=L.seed,
         data_seed=L.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=S.dtype == "bf16" or (S.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()),
+        fp16=S.dtype == "fp16",
         remove_unused_columns=False,
         disable_tqdm=False,
         log_completions=False,
     )
+    fields.update(cfg.trl)
+    try:
+        return GRPOConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        names = ", ".join(f"trl.{k}" for k in cfg.trl) or "the learner settings"
+        raise ConfigError(f"trl.GRPOConfig rejected {names}: {exc}") from exc
+
+
+def epoch_steps(num_epochs: float, num_prompts: int, prompts_per_step: int) -> int:
+    """Optimizer steps for `num_epochs` passes over `num_prompts` prompts (at least 1), all processes together."""
+    import math
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world))))
+
+
+def torch_dtype(name: str):
+    """The torch dtype of `student.dtype` (auto = fp32 weights)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
 
 
 def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi=None, recorder=None,
@@ -114,9 +152,17 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
 
     rows = load_prompts(cfg.data.path, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.split,
                         cfg.data.limit, cfg.student.system_prompt)
+    if cfg.learner.num_epochs is not None:  # one pass is ceil(prompts / prompts per step) steps
+        cfg = dataclasses.replace(cfg, learner=dataclasses.replace(
+            cfg.learner, max_steps=epoch_steps(cfg.learner.num_epochs, len(rows), cfg.learner.prompts_per_step)))
+    dtype = torch_dtype(cfg.student.dtype)
     if model is None:
         log.info("loading student %s", cfg.student.model)
-        model, tokenizer = load_causal_lm(cfg.student.model)
+        model, tokenizer = load_causal_lm(cfg.student.model, dtype=dtype)
+    elif cfg.student.dtype != "auto":
+        model = model.to(dtype)
+    if cfg.output.logging_dir:  # transformers 5 reads the tensorboard directory from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = cfg.output.logging_dir
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
