@@ -157,6 +157,9 @@ class LearnerConfig:
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward to save memory (TRL/transformers gradient_checkpointing)")
     lr_scheduler: str = knob("constant", "learning-rate schedule (transformers' lr_scheduler_type)", choices=LR_SCHEDULERS)
     warmup_ratio: float = knob(0.0, "share of the run spent warming the learning rate up from 0, in [0, 1)")
+    async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
+                               "1: one step stale, corrected by the PPO ratio against the recorded behaviour log-probs)",
+                            flag="--async-steps")
 
     def __post_init__(self) -> None:
         _check(self.num_epochs is None or self.num_epochs > 0, "learner.num_epochs", f"must be > 0; got {self.num_epochs}")
@@ -164,6 +167,7 @@ class LearnerConfig:
         _check_choice(self.lr_scheduler, "learner.lr_scheduler", LR_SCHEDULERS)
         _check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", f"must be in [0, 1); got {self.warmup_ratio}")
         _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(0 <= self.async_steps <= 4, "learner.async_steps", f"must be in 0..4 (staleness is bounded); got {self.async_steps}")
         _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
         _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
         _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")

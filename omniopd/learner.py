@@ -3,8 +3,19 @@
     L = - sum_chunks pihat_c * sum_{t in c} log pi_theta(y_t)  +  beta * sum_{t unaudited} KL(pi_ref || pi_theta)(t)
 
 - `_generate_and_score_completions`: the student's own rollouts (with entropies), audited by
-  the `Pipeline` (or a method's signals); returns TRL's batch dict with per-token advantages
-  of shape (B, T): pihat on audited tokens, 0 elsewhere, and the audit mask.
+  the `Pipeline`; returns TRL's batch dict with per-token advantages of shape (B, T): pihat
+  on audited tokens, 0 elsewhere. TRL's policy term then gives exactly -pihat * grad log pi
+  on audited tokens (its ratio is 1 on the first pass; PPO clipping only acts when rollouts
+  are reused, `updates_per_batch > 1`).
+- `--async-steps N` (`async_steps`): the teacher answers while the student works. Each call
+  keeps up to N + 1 started batches (rollouts sampled, teacher requests sent) and trains on the
+  oldest, so the rollouts of step s+1 are sampled while the teacher answers step s and every
+  update's rollouts are at most N steps stale (`omniopd/rollout_staleness`). Staleness is
+  corrected by TRL's own PPO machinery: `old_per_token_logps` is set to the behaviour log-probs
+  recorded at sampling, so the loss weighs each token by the clipped ratio pi_theta / pi_behaviour
+  (TRL's `epsilon`); `--drift-gate block` is the documented companion. N = 0 is today's order.
+  The queue never holds more than N + 1 batches: a teacher outage blocks the step (until the
+  client's deadline turns it into per-chunk failures), it never piles up work.
 - `compute_loss`: one policy backbone forward, the per-token terms from `omniopd.head` (log
   pi_theta(y_t), the exact full-vocabulary KL(pi_ref || pi_theta) on unaudited tokens, a
   method's top-k log-probs) computed in slices of the sequence so no (B, T, V) tensor exists,
@@ -19,10 +30,13 @@ ratio is the paper's and the scale does not depend on completion length.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
+import math
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,7 +72,8 @@ class OmniOPDTrainer(GRPOTrainer):
 
     def __init__(self, *args, pipeline: Pipeline | None = None, kl_beta: float = 0.1, max_new_tokens: int = 256,
                  ref_model: torch.nn.Module | None = None, progress: bool = False, replay=None,
-                 method: MethodSignals | None = None, drift_gate: DriftGate | None = None, **kwargs):
+                 method: MethodSignals | None = None, drift_gate: DriftGate | None = None, async_steps: int = 0,
+                 **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
         if ref_model is None and kwargs.get("peft_config") is None and kl_beta > 0:
@@ -77,6 +92,9 @@ class OmniOPDTrainer(GRPOTrainer):
         self.drift_gate = drift_gate if drift_gate is not None and drift_gate.enabled else None
         self.max_new_tokens = max_new_tokens
         self.progress = progress
+        self.async_steps = async_steps
+        # started batches, oldest first: (global step when sampled, callable that finishes its scoring)
+        self._ahead: collections.deque[tuple[int, Callable[[], ScoredBatch]]] = collections.deque()
         self._uses_peft = hasattr(self.model, "disable_adapter")
         add_hidden_state_output(self.model.get_base_model() if self._uses_peft else self.model)
         if ref_model is not None:
@@ -101,14 +119,18 @@ class OmniOPDTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
-                rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
-            else:
-                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                             progress=self.progress)
+            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness)
+            while len(self._ahead) < self._batches_wanted(mode):
+                if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+                    rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+                else:
+                    rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                                 progress=self.progress)
+                self._ahead.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
             t1 = time.perf_counter()
-            audit = self._score_rollouts(rollouts, inputs, unwrapped)
+            sampled_at, finish = self._ahead.popleft()
+            audit = finish()
         rollouts = audit.rollouts
         t2 = time.perf_counter()
         device = self.accelerator.device
@@ -126,24 +148,57 @@ class OmniOPDTrainer(GRPOTrainer):
             "num_items_in_batch": num_items,
         }
         out.update({k: v.to(device) for k, v in audit.extra.items()})
-        if self.num_iterations > 1:
-            # the behaviour policy's log-probs, recorded at sampling time: PPO's pi_old
+        if self.num_iterations > 1 or self.async_steps > 0:
+            # the behaviour policy's log-probs, recorded at sampling time: PPO's pi_old. TRL's loss
+            # then weighs each token by the clipped ratio pi_theta / pi_behaviour, which corrects
+            # for rollouts reused (num_iterations) or sampled steps ago (--async-steps).
             out["old_per_token_logps"] = out["behaviour_logps"]
         m = self._metrics[mode]
         for name, value in audit.metrics.items():
             m[f"omniopd/{name}"].append(value)
         m["omniopd/rollout_seconds"].append(t1 - t0)
+        m["omniopd/rollout_staleness"].append(float(self.state.global_step - sampled_at))
         m["omniopd/audit_seconds"].append(t2 - t1)
         m["completions/mean_length"].append(float(n_tokens) / max(1, completion_mask.size(0)))
         return out
 
-    def _score_rollouts(self, rollouts, inputs: list[dict[str, Any]], student) -> ScoredBatch:
-        """Per-token advantages for this batch: the OmniOPD audit, or the configured method's signals."""
+    def _batches_wanted(self, mode: str) -> int:
+        """How many started batches the queue should hold before this call takes the oldest.
+
+        Sync (`async_steps=0`) and eval: 1, i.e. generate, score, train, in that order. With N > 0:
+        N + 1, so N batches stay in flight with the teacher while this one trains; near the end
+        fewer, so that no batch is started that no step would use.
+        """
+        if mode != "train" or self.async_steps == 0:
+            return 1
+        if self.args.max_steps <= 0:  # no step count to drain towards
+            return self.async_steps + 1
+        calls_left = math.ceil(self.args.max_steps / self.num_iterations) - self.state.global_step // self.num_iterations
+        return max(1, min(self.async_steps + 1, calls_left))
+
+    def _start_scoring(self, rollouts, inputs: list[dict[str, Any]], student) -> Callable[[], ScoredBatch]:
+        """Start this batch's per-token advantages (OmniOPD audit or the method's signals); call the result to finish.
+
+        Sync (`async_steps=0`) scores here, in full (`Pipeline.audit` / `MethodSignals.score`);
+        async sends the teacher requests now and waits for them in the returned callable.
+        """
+        step = self.state.global_step
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
-            return self.method.score(rollouts, golds, self.state.global_step, student)
-        audit = self.pipeline.audit(rollouts, step=self.state.global_step)
-        return ScoredBatch(rollouts, audit.advantages_B_T, audit.audit_mask_B_T, metrics=audit.metrics)
+            if self.async_steps == 0:
+                scored = self.method.score(rollouts, golds, step, student)
+                return lambda: scored
+            return self.method.start(rollouts, golds, step, student)
+        if self.async_steps == 0:
+            audit = self.pipeline.audit(rollouts, step=step)
+            return lambda: self._scored(audit, rollouts)
+        pending = self.pipeline.start(rollouts, step=step)
+        return lambda: self._scored(self.pipeline.finish(pending), rollouts)
+
+    @staticmethod
+    def _scored(audit, rollouts) -> ScoredBatch:
+        return ScoredBatch(audit.rollouts or rollouts, audit.advantages_B_T, audit.audit_mask_B_T, extra=audit.extra,
+                           metrics=audit.metrics)
 
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

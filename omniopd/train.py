@@ -17,6 +17,7 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
+from omniopd.event_loop import EventLoop
 
 log = logging.getLogger("omniopd")
 
@@ -181,6 +182,10 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
             log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
             cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
     # ---
+    if cfg.learner.async_steps and replay_rollouts is not None:
+        raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
+                          "live teacher, so there is nothing to overlap: drop --async-steps")
+    loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     pipeline = None
     if cfg.method.name == "omniopd":
         if phi is None:
@@ -190,9 +195,11 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
                             trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
                             teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
-                            progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
+                            progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay,
+                            loop=loop)
     # white-box methods read the teacher model itself, not the cache in front of it
-    method, drift_gate = build_method(cfg, tokenizer, getattr(teacher, "inner", None) or teacher, pipeline, rows, verifier)
+    method, drift_gate = build_method(cfg, tokenizer, getattr(teacher, "inner", None) or teacher, pipeline, rows, verifier,
+                                      loop=loop)
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
@@ -214,6 +221,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         replay=replay_rollouts,
         method=method,
         drift_gate=drift_gate,
+        async_steps=cfg.learner.async_steps,
     )
     stopped = None
     try:
@@ -228,6 +236,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         if method is not None:
             method.close()
         run_cache.close()
+        loop.close()
         if run_cache.summary():
             log.info("%s", run_cache.summary())
     final_dir = None
@@ -240,7 +249,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     return result
 
 
-def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
+def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None, loop=None):
     """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (README, section Methods).
 
     Plain OmniOPD keeps the learner's own audit path (None). White-box methods check teacher
@@ -267,14 +276,14 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
         verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
     whitebox = None
     if M.name != "omniopd":
-        whitebox = _whitebox(cfg, teacher, tokenizer)
+        whitebox = _whitebox(cfg, teacher, tokenizer, loop)
     generator = torch.Generator().manual_seed(cfg.learner.seed)
     return MethodSignals(M, tokenizer, group_size=cfg.student.generations, max_new_tokens=cfg.student.max_new_tokens,
                          total_steps=cfg.learner.max_steps, pipeline=pipeline, whitebox=whitebox, teacher=teacher,
-                         verifier=verifier, temperature=cfg.student.temperature, generator=generator), gate
+                         verifier=verifier, temperature=cfg.student.temperature, generator=generator, loop=loop), gate
 
 
-def _whitebox(cfg: TrainConfig, teacher, tokenizer):
+def _whitebox(cfg: TrainConfig, teacher, tokenizer, loop=None):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
     from providers.whitebox import whitebox_for
 
@@ -284,7 +293,9 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
         from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
         policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
+        if loop is None:
+            raise ConfigError("a vLLM white-box teacher runs on the process's event loop: pass build_method(loop=...)")
+        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, run=loop.run, timeout_s=cfg.teacher.timeout_s,
                                             policy=policy, spec=cfg.teacher.spec)
         return whitebox_for(scorer, tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)

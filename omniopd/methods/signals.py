@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
+from omniopd.event_loop import EventLoop
 from omniopd.methods import opd, sg_opd, tropd
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
@@ -51,11 +52,17 @@ class ScoredBatch:
 
 
 class MethodSignals:
-    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance."""
+    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance.
+
+    `loop` is the process's event loop (`omniopd.event_loop.EventLoop`, owned by the training
+    entry point); teacher text is sampled on it. Without one, a method that samples teacher text
+    starts its own and closes it in `close()` (standalone use).
+    """
 
     def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
                  pipeline=None, whitebox: WhiteBoxTeacher | None = None, teacher=None,
-                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None):
+                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 loop: EventLoop | None = None):
         self.cfg = cfg
         self.method = cfg.name
         self.tokenizer = tokenizer
@@ -69,7 +76,8 @@ class MethodSignals:
         self.generator = generator
         self.verifier = verifier or VERIFIERS[cfg.verifier]
         self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop = loop
+        self._own_loop = False
         if self.method == "omniopd" and pipeline is None:
             raise ValueError("method omniopd needs the OmniOPD pipeline")
         if self.method != "omniopd" and whitebox is None:
@@ -83,8 +91,8 @@ class MethodSignals:
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.close()
+        if self._own_loop and self.loop is not None:
+            self.loop.close()
 
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
@@ -100,14 +108,29 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[[], ScoredBatch]:
+        """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
+
+        OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
+        `--async-steps` overlap); white-box methods score at once, with the student that sampled.
+        """
+        if self.method == "omniopd":
+            pending = self.pipeline.start(rollouts, step)
+            return lambda: self._omniopd_scored(self.pipeline.finish(pending), rollouts, golds)
+        out = self.score(rollouts, golds, step, student)
+        return lambda: out
+
     def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
-        audit = self.pipeline.audit(rollouts, step=step)
+        return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds)
+
+    def _omniopd_scored(self, audit, rollouts, golds) -> ScoredBatch:
+        rollouts = audit.rollouts or rollouts
         adv, metrics = audit.advantages_B_T, dict(audit.metrics)
         if self.cfg.verifier_gate:
             v = verdicts_B(self.verifier, rollouts.completions, golds)
             adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
             metrics.update(_verdict_metrics(v))
-        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, metrics=metrics)
+        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, extra=dict(audit.extra), metrics=metrics)
 
     def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
         return self.whitebox.token_logprobs(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
@@ -232,8 +255,8 @@ class MethodSignals:
     # -- teacher text --------------------------------------------------------------------------
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
+        if self.loop is None:
+            self.loop, self._own_loop = EventLoop(), True
 
         async def one(p):
             req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
@@ -246,7 +269,7 @@ class MethodSignals:
         async def all_():
             return await asyncio.gather(*(one(p) for p in prompts))
 
-        return self._loop.run_until_complete(all_())
+        return self.loop.run(all_())
 
 
 def _signal_metrics(d_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> dict[str, float]:
