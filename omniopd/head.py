@@ -43,6 +43,36 @@ class HeadTerms:
     ids_logp_N_K: torch.Tensor | None
 
 
+@dataclass
+class HeadRequest:
+    """What the learner asks of a patched model forward (`omniopd.learner.add_head_output`).
+
+    The head runs inside the model's forward so that DDP / DeepSpeed / FSDP see the head weight
+    used there (DDP marks parameters unused at the end of forward otherwise). `valid_B_T` marks
+    the completion tokens to score (T = its width: the last T + 1 positions predict them);
+    `hidden_only` returns those positions' hidden states (N, H) instead (the reference).
+    """
+
+    valid_B_T: torch.Tensor
+    targets_N: torch.Tensor | None = None
+    temperature: float = 1.0
+    hidden_only: bool = False
+    ref_hidden_N_H: torch.Tensor | None = None
+    ref_weight_V_H: torch.Tensor | None = None
+    ref_bias_V: torch.Tensor | None = None
+    kl_mask_N: torch.Tensor | None = None
+    ids_N_K: torch.Tensor | None = None
+
+    def run(self, hidden_B_L_H: torch.Tensor, weight_V_H: torch.Tensor, bias_V: torch.Tensor | None):
+        T = self.valid_B_T.size(1)
+        hidden_N_H = hidden_B_L_H[:, -T - 1:-1][self.valid_B_T]
+        if self.hidden_only:
+            return hidden_N_H
+        return head_terms(hidden_N_H, weight_V_H, self.targets_N, bias_V=bias_V, ref_hidden_N_H=self.ref_hidden_N_H,
+                          ref_weight_V_H=self.ref_weight_V_H, ref_bias_V=self.ref_bias_V, kl_mask_N=self.kl_mask_N,
+                          ids_N_K=self.ids_N_K, temperature=self.temperature)
+
+
 def _gather_ctx(weight, bias):
     try:  # ZeRO-3 partitions the head outside its module's forward; TRL's helper gathers it
         from trl.trainer.utils import maybe_gather_lm_head_ctx

@@ -18,6 +18,7 @@ from typing import Any
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
 from omniopd.event_loop import EventLoop
+from omniopd.processes import is_main_process, process_rank, world_size
 
 log = logging.getLogger("omniopd")
 
@@ -113,8 +114,7 @@ def epoch_steps(num_epochs: float, num_prompts: int, prompts_per_step: int) -> i
     """Optimizer steps for `num_epochs` passes over `num_prompts` prompts (at least 1), all processes together."""
     import math
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world))))
+    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world_size()))))
 
 
 def torch_dtype(name: str):
@@ -128,6 +128,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
               extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
     """Run `omniopd train` with a resolved config (see module docstring)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    echo = echo and is_main_process()  # step lines and progress bars: rank 0 of a multi-process run
     from datasets import Dataset
 
     from omniopd.data import load_prompts
@@ -177,7 +178,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         if cfg.method.name != "omniopd":
             raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
                               "it needs the live teacher's log-probabilities; replay with --method omniopd")
-        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations)
+        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations,
+                                         rank=process_rank(), world=world_size())
         if cfg.learner.max_steps > len(replay_rollouts):
             log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
             cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
@@ -243,7 +245,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     if stopped is None:
         final_dir = out / "final"
         trainer.save_model(str(final_dir))
-        tokenizer.save_pretrained(str(final_dir))
+        if is_main_process():
+            tokenizer.save_pretrained(str(final_dir))
     result = TrainResult(out, final_dir, trainer.state.global_step, stopped,
                          pipeline.teacher_samples_total if pipeline else 0, pipeline.spent_usd if pipeline else 0.0)
     return result
