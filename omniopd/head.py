@@ -81,6 +81,11 @@ def _gather_ctx(weight, bias):
     return maybe_gather_lm_head_ctx(weight, bias)
 
 
+def _no_autocast(device: torch.device):
+    """The head's arithmetic stays fp32 inside a bf16/fp16 autocast region (the model forward runs in one)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _full(t):
     """A DTensor (FSDP2 shard) as the full tensor; anything else as is."""
     return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t
@@ -114,7 +119,8 @@ class _SlicedHead(torch.autograd.Function):
         kl = torch.zeros(N, device=dev) if has_ref else None
         ref_log_z = torch.zeros(N, device=dev) if has_ref else None
         ids_logp = None if ids_N_K is None else torch.empty(ids_N_K.shape, device=dev)
-        with _gather_ctx(weight_V_H, bias_V), (_gather_ctx(ref_weight_V_H, ref_bias_V) if has_ref else nullcontext()):
+        with _gather_ctx(weight_V_H, bias_V), (_gather_ctx(ref_weight_V_H, ref_bias_V) if has_ref else nullcontext()), \
+                _no_autocast(dev):
             w, b = _full(weight_V_H).float(), None if bias_V is None else _full(bias_V).float()
             if has_ref:
                 rw, rb = _full(ref_weight_V_H).float(), None if ref_bias_V is None else _full(ref_bias_V).float()
@@ -158,7 +164,7 @@ class _SlicedHead(torch.autograd.Function):
         inv_t, S = 1.0 / ctx.temperature, ctx.slice_tokens
         use_kl = g_kl is not None and ref_hidden is not None
         grad_h = torch.zeros(hidden.shape, device=dev, dtype=torch.float32) if need_h else None
-        with _gather_ctx(weight, bias), (_gather_ctx(ref_weight, ref_bias) if use_kl else nullcontext()):
+        with _gather_ctx(weight, bias), (_gather_ctx(ref_weight, ref_bias) if use_kl else nullcontext()), _no_autocast(dev):
             w, b = _full(weight).float(), None if bias is None else _full(bias).float()
             grad_w = torch.zeros(w.shape, device=dev, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros(w.size(0), device=dev, dtype=torch.float32) if need_b else None

@@ -16,6 +16,8 @@
   (TRL's `epsilon`); `--drift-gate block` is the documented companion. N = 0 is today's order.
   The queue never holds more than N + 1 batches: a teacher outage blocks the step (until the
   client's deadline turns it into per-chunk failures), it never piles up work.
+- `--use-vllm`: rollouts come from TRL's vLLM path (`_generate`, colocate or server mode);
+  log pi(y_t) and H_t are recomputed by one teacher-forced student forward (omniopd/recompute.py).
 - `compute_loss`: one policy backbone forward, the per-token terms from `omniopd.head` (log
   pi_theta(y_t), the exact full-vocabulary KL(pi_ref || pi_theta) on unaudited tokens, a
   method's top-k log-probs) computed in slices of the sequence so no (B, T, V) tensor exists,
@@ -48,7 +50,8 @@ from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
 from omniopd.methods.signals import MethodSignals, ScoredBatch
 from omniopd.pipeline import Pipeline
-from omniopd.rollouts import generate_rollouts
+from omniopd.recompute import rollouts_from_token_ids
+from omniopd.rollouts import Rollouts, generate_rollouts
 
 
 def chunk_weights_reward(prompts, completions, **kwargs):
@@ -119,23 +122,31 @@ class OmniOPDTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness)
-            while len(self._ahead) < self._batches_wanted(mode):
+            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness);
+            # evaluation never takes from (or adds to) the training queue
+            queue = self._ahead if mode == "train" else collections.deque()
+            sampling_s = 0.0
+            while len(queue) < self._batches_wanted(mode):
+                t_sample = time.perf_counter()
                 if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                     rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+                elif self.use_vllm:
+                    rollouts = self._vllm_rollouts(unwrapped, prompts)
                 else:
                     rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                                  progress=self.progress)
-                self._ahead.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
-            t1 = time.perf_counter()
-            sampled_at, finish = self._ahead.popleft()
+                sampling_s += time.perf_counter() - t_sample
+                queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
+            sampled_at, finish = queue.popleft()
             audit = finish()
         rollouts = audit.rollouts
         t2 = time.perf_counter()
+        t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
         device = self.accelerator.device
         completion_mask = rollouts.completion_mask.to(device)
-        n_tokens = completion_mask.sum()
+        student_rows = audit.student_rows or completion_mask.size(0)  # rows a signal appended are not normalised over
+        n_tokens = completion_mask[:student_rows].sum()
         num_items = self.accelerator.gather(n_tokens).sum()
         out = {
             "prompt_ids": rollouts.prompt_ids.to(device),
@@ -156,13 +167,24 @@ class OmniOPDTrainer(GRPOTrainer):
         local = {f"omniopd/{name}": value for name, value in audit.metrics.items()}
         local.update({"omniopd/rollout_seconds": t1 - t0, "omniopd/rollout_staleness": float(self.state.global_step - sampled_at),
                       "omniopd/audit_seconds": t2 - t1,
-                      "completions/mean_length": float(n_tokens) / max(1, completion_mask.size(0))})
+                      "completions/mean_length": float(n_tokens) / max(1, student_rows)})
         if self.pipeline is not None:
             local["omniopd/teacher_samples_total"] = float(self.pipeline.teacher_samples_total)
         m = self._metrics[mode]
         for name, value in reduce_over_processes(local, self.accelerator).items():
             m[name].append(value)
         return out
+
+    def _vllm_rollouts(self, student, prompts) -> Rollouts:
+        """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
+        log pi(y_t) and the exact H_t by one teacher-forced forward of the student (vLLM reports
+        neither full-vocabulary entropies nor log-probs under the trainer's numerics).
+
+        Only run where a GPU and vLLM are present; CPU tests cover `rollouts_from_token_ids`.
+        """
+        prompt_ids, completion_ids = self._generate(prompts)[:2]
+        return rollouts_from_token_ids(student, self.processing_class, prompts, prompt_ids, completion_ids,
+                                       temperature=self.temperature)
 
     def _batches_wanted(self, mode: str) -> int:
         """How many started batches the queue should hold before this call takes the oldest.
@@ -291,6 +313,11 @@ class OmniOPDTrainer(GRPOTrainer):
     def _mean_over_processes(self, value: torch.Tensor, how: str = "mean") -> float:
         v = self.accelerator.gather(value.detach().float().reshape(1).to(self.accelerator.device))
         return float(v.max() if how == "max" else v.mean())
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """TRL's GRPO card (no base model, "trained with GRPO", DeepSeekMath) is not written:
+        `final/README.md` is omniopd's own (`omniopd.model_card`, written by `train.save_final`)."""
+        return None
 
     def _token_normalizer(self, inputs, mode: str) -> torch.Tensor:
         # TRL's "dapo" normaliser: completion tokens of the generation batch, rescaled to one

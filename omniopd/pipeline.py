@@ -283,10 +283,12 @@ class Pipeline:
         self.progress = progress
         self.extra_stages = list(extra_stages or [])
         self.teacher_samples_total = 0
+        self.samples_by_teacher: dict[str, int] = {}  # who wrote the samples (an API teacher, its fallback)
         self._own_loop = loop is None
         self.loop = loop if loop is not None else EventLoop()
         # phi runs here, one chunk at a time, never on the event loop (embedders are CPU/GPU work)
         self._scorer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniopd-phi")
+        self._inflight: set[concurrent.futures.Future] = set()  # started rows not yet answered
         self._closed = False
 
     @property
@@ -302,6 +304,8 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        for f in list(self._inflight):  # a run that stopped early leaves started steps behind
+            f.cancel()
         self._scorer.shutdown(wait=True)
         if not self.loop.closed:
             self.loop.run(self.teacher.aclose())
@@ -326,7 +330,10 @@ class Pipeline:
                 started = True
                 pending.bar = tqdm(total=len(state.requests), desc="teacher", unit="chunk", leave=False,
                                    disable=not self.progress)
-            rows.append(self.loop.submit(self._answer_row(chunks, requests, pending)))
+            fut = self.loop.submit(self._answer_row(chunks, requests, pending))
+            self._inflight.add(fut)
+            fut.add_done_callback(self._inflight.discard)
+            rows.append(fut)
 
         state.metrics.update(fork_requests(state, self.scheduler, self.tokenizer, samples=self.samples,
                                            max_tokens=self.teacher_max_tokens, temperature=self.teacher_temperature,
@@ -361,6 +368,10 @@ class Pipeline:
         m.update(scatter_advantages(state))
         m.update(teacher_metrics(state.chunks))
         self.teacher_samples_total += int(m["teacher_samples"])
+        for c in state.chunks:
+            for smp in c.samples:
+                name = smp.teacher or "unknown"
+                self.samples_by_teacher[name] = self.samples_by_teacher.get(name, 0) + 1
         m["teacher_cost_usd_total"] = self.spent_usd
         m["replay_missed_forks"] = float(self.replay_missed_forks)
         for k in ("pihat_mean", "pihat_min", "pihat_max", "k_over_n_mean", "pibar_mean"):
@@ -413,6 +424,8 @@ def episode_dict(rollouts: Rollouts, starts: list[list[int]], chunks: list[Chunk
                 "sample_ids": [s.cache_id for s in c.samples],
                 "teachers": [s.teacher for s in c.samples],
                 "phi": c.phi, "k": sum(c.phi), "n_eff": len(c.phi), "pibar": c.pibar, "pihat": c.pihat,
+                # each sample was cut to a prefix of this many characters before phi (what phi saw)
+                "compared_chars": [len(t) for t in c.teacher_texts],
             }
             for c in chunks
         ],

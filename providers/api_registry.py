@@ -126,13 +126,19 @@ def build_api_teacher(cfg: TeacherConfig, spec: str | None = None, *, env: Mappi
 
 def build_api_teacher_with_fallback(cfg: TeacherConfig, spec: str | None, local_factory: Callable[[], Teacher],
                                     **kw: Any) -> Teacher:
-    """The API teacher wrapped in `FallbackTeacher` (unless `cfg.no_fallback`): a missing key
-    starts the run on the local teacher right away; an auth error or outage switches later."""
+    """The API teacher wrapped in `FallbackTeacher` (unless `cfg.no_fallback`): an auth error or
+    outage during the run switches to the local teacher; a missing key starts the run on it
+    only when `--fallback-teacher` was named (`cfg.fallback`), else it is a `TeacherAuthError`."""
+    from omniopd.config import DEFAULT_FALLBACK_TEACHER
+
     if cfg.no_fallback:
         return build_api_teacher(cfg, spec, **kw)
     canon = "{}:{}".format(*parse_spec(spec or cfg.spec))
+    fallback = cfg.fallback or DEFAULT_FALLBACK_TEACHER
     try:
         primary = build_api_teacher(cfg, spec, **kw)
     except TeacherAuthError as exc:
-        return FallbackTeacher(None, local_factory, spec=canon, fallback_spec=cfg.fallback, reason=str(exc))
-    return FallbackTeacher(primary, local_factory, spec=canon, fallback_spec=cfg.fallback)
+        if cfg.fallback is None:
+            raise
+        return FallbackTeacher(None, local_factory, spec=canon, fallback_spec=fallback, reason=str(exc))
+    return FallbackTeacher(primary, local_factory, spec=canon, fallback_spec=fallback)

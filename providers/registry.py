@@ -36,8 +36,11 @@ def build_teacher(cfg: "TeacherConfig", spec: str | None = None) -> Teacher:
             raise ConfigError("teacher.spec: 'local:' needs a model, e.g. local:smollm2 or local:/path/to/model")
         return build_local_teacher(rest, spec)
     if is_api_spec(spec):
-        if not cfg.fallback.startswith("local:"):
-            raise ConfigError(f"--fallback-teacher {cfg.fallback!r}: must be a local:ID_OR_PATH teacher")
-        return build_api_teacher_with_fallback(cfg, spec, lambda: build_teacher(cfg, cfg.fallback))
+        from omniopd.config import DEFAULT_FALLBACK_TEACHER
+
+        fallback = cfg.fallback or DEFAULT_FALLBACK_TEACHER
+        if not fallback.startswith("local:"):
+            raise ConfigError(f"--fallback-teacher {fallback!r}: must be a local:ID_OR_PATH teacher")
+        return build_api_teacher_with_fallback(cfg, spec, lambda: build_teacher(cfg, fallback))
     parse_spec(spec)  # raises a ConfigError listing every accepted form
     raise AssertionError("unreachable")
