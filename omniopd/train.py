@@ -17,7 +17,7 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import process_loop
 
 log = logging.getLogger("omniopd")
 
@@ -155,7 +155,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     if cfg.learner.async_steps and replay_rollouts is not None:
         raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
                           "live teacher, so there is nothing to overlap: drop --async-steps")
-    loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
+    loop = process_loop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     pipeline = None
     if cfg.method.name == "omniopd":
         if phi is None:
@@ -206,7 +206,6 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         if method is not None:
             method.close()
         run_cache.close()
-        loop.close()
         if run_cache.summary():
             log.info("%s", run_cache.summary())
     final_dir = None

@@ -27,7 +27,7 @@ import torch
 
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods import opd, sg_opd, tropd
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
@@ -54,9 +54,8 @@ class ScoredBatch:
 class MethodSignals:
     """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance.
 
-    `loop` is the process's event loop (`omniopd.event_loop.EventLoop`, owned by the training
-    entry point); teacher text is sampled on it. Without one, a method that samples teacher text
-    starts its own and closes it in `close()` (standalone use).
+    `loop` is the event loop teacher text is sampled on: by default the process's one
+    (`omniopd.event_loop.process_loop`).
     """
 
     def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
@@ -77,7 +76,6 @@ class MethodSignals:
         self.verifier = verifier or VERIFIERS[cfg.verifier]
         self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
         self.loop = loop
-        self._own_loop = False
         if self.method == "omniopd" and pipeline is None:
             raise ValueError("method omniopd needs the OmniOPD pipeline")
         if self.method != "omniopd" and whitebox is None:
@@ -91,8 +89,10 @@ class MethodSignals:
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
-        if self._own_loop and self.loop is not None:
-            self.loop.close()
+        """Release the white-box scorer's connections (a vLLM server's); the event loop is the process's."""
+        close = getattr(self.whitebox, "close", None)
+        if close is not None:
+            close()
 
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
@@ -256,7 +256,7 @@ class MethodSignals:
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
         if self.loop is None:
-            self.loop, self._own_loop = EventLoop(), True
+            self.loop = process_loop()
 
         async def one(p):
             req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
