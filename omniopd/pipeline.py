@@ -339,9 +339,15 @@ class Pipeline:
             pending.bar.refresh()
         return pending
 
-    def finish(self, pending: PendingAudit) -> AuditResult:
-        """Wait for the step's samples, then pihat, extra stages, scatter, metrics, episode."""
+    def finish(self, pending: PendingAudit, step: int | None = None) -> AuditResult:
+        """Wait for the step's samples, then pihat, extra stages, scatter, metrics, episode.
+
+        `step` is the optimizer step that trains on this batch (default: the one it was started
+        at); the episode is recorded under it, so a replay meets the batches in training order.
+        """
         state = pending.state
+        if step is not None:
+            state.step = step
         t_wait = time.perf_counter()
         try:
             results = [f.result() for f in pending.rows]  # (teacher seconds, scorer seconds) per row

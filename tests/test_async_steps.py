@@ -115,6 +115,14 @@ def test_async_one_step_trains_on_rollouts_at_most_one_step_stale(tmp_path, monk
         # (TRL shuffles a batch's rows: compare them as a multiset)
         assert _rows(b["behaviour"]) in [_rows(g) for g in log["generated"]], \
             f"step {k}: the batch's old log-probs are exactly those recorded when it was sampled"
+    # episodes are recorded under the step that trained on them: a replay meets them in training order
+    from cache.episodes import load_episodes
+
+    episodes = dict(load_episodes(tmp_path / "out1"))
+    assert sorted(episodes) == [0, 1, 2, 3]
+    for b in log["batches"]:
+        trained = sorted(tuple(r[m.bool()].tolist()) for r, m in zip(b["behaviour"], b["mask"]))
+        assert trained == sorted(tuple(r) for r in episodes[b["step"]]["behaviour_logprobs"])
     # the stale batches were sampled by an older student: the ratio is not 1, so the correction acts
     for b in log["batches"][1:]:
         m = b["mask"].bool()

@@ -108,7 +108,7 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
-    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[[], ScoredBatch]:
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[..., ScoredBatch]:
         """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
 
         OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
@@ -116,9 +116,10 @@ class MethodSignals:
         """
         if self.method == "omniopd":
             pending = self.pipeline.start(rollouts, step)
-            return lambda: self._omniopd_scored(self.pipeline.finish(pending), rollouts, golds)
+            # finished when the learner takes it: `step` is then the optimizer step that trains on it
+            return lambda step=None: self._omniopd_scored(self.pipeline.finish(pending, step=step), rollouts, golds)
         out = self.score(rollouts, golds, step, student)
-        return lambda: out
+        return lambda step=None: out
 
     def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
         return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds)
