@@ -212,12 +212,14 @@ class OmniOPDTrainer(GRPOTrainer):
             if self.async_steps == 0:
                 scored = self.method.score(rollouts, golds, step, student)
                 return lambda: scored
-            return self.method.start(rollouts, golds, step, student)
+            finish = self.method.start(rollouts, golds, step, student)
+            return lambda: finish(step=self.state.global_step)
         if self.async_steps == 0:
             audit = self.pipeline.audit(rollouts, step=step)
             return lambda: self._scored(audit, rollouts)
         pending = self.pipeline.start(rollouts, step=step)
-        return lambda: self._scored(self.pipeline.finish(pending), rollouts)
+        # finished when a step takes it: the episode is recorded under the step that trains on it
+        return lambda: self._scored(self.pipeline.finish(pending, step=self.state.global_step), rollouts)
 
     @staticmethod
     def _scored(audit, rollouts) -> ScoredBatch:

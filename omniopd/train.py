@@ -28,7 +28,7 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import process_loop
 from omniopd.preflight import preflight
 from omniopd.processes import is_main_process, process_rank, world_size
 from omniopd.run_dir import RunDir, newest_checkpoint
@@ -169,7 +169,7 @@ class Parts:
     drift_gate: Any = None
     budget: Any = None  # omniopd.run_log.BudgetStop
     trainer: Any = None
-    loop: Any = None  # the process's one event loop (omniopd.event_loop): pipeline, method signals, vLLM scorer
+    loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
 
     def close(self) -> None:
         if self.pipeline is not None:
@@ -180,8 +180,6 @@ class Parts:
             self.run_cache.close()
             if self.run_cache.summary():
                 log.info("%s", self.run_cache.summary())
-        if self.loop is not None:
-            self.loop.close()
         if self.data_dir is not None:
             self.data_dir.cleanup()
 
@@ -301,7 +299,7 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     if cfg.learner.async_steps and parts.replay_rollouts is not None:
         raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
                           "live teacher, so there is nothing to overlap: drop --async-steps")
-    parts.loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
+    parts.loop = process_loop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
             phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
