@@ -38,6 +38,25 @@ class MetricsLogger(TrainerCallback):
         self.clock = clock
         self.echo = echo
         self._last = None
+        self._counts: dict = {}  # the cache's counters at the last logged step
+
+    def _cache_hits(self) -> dict[str, float]:
+        """`cache_hit_rate`: share of this step's requested teacher samples served from the cache."""
+        teacher, counts = getattr(self.pipeline, "teacher", None), None
+        for _ in range(8):  # the CachedTeacher under the pipeline's wrappers (spend limit, replay misses)
+            counts = getattr(teacher, "counts", None)
+            if isinstance(counts, dict) and "requested" in counts or teacher is None:
+                break
+            teacher = getattr(teacher, "inner", None)
+        if not isinstance(counts, dict) or "requested" not in counts:
+            return {}
+        before, self._counts = self._counts, dict(counts)
+        asked = counts["requested"] - before.get("requested", 0)
+        served = counts.get("from_cache", 0) - before.get("from_cache", 0)
+        out = {"cache_served_total": float(counts.get("from_cache", 0))}
+        if asked > 0:
+            out["cache_hit_rate"] = served / asked
+        return out
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._last is None:
@@ -56,6 +75,7 @@ class MetricsLogger(TrainerCallback):
             row["teacher_samples_total"] = self.pipeline.teacher_samples_total
             row["teacher_cost_usd_total"] = self.pipeline.spent_usd
             row["teacher_samples_by_teacher"] = dict(self.pipeline.samples_by_teacher)
+            row.update(self._cache_hits())
         for k, v in logs.items():
             if isinstance(v, (int, float)) and k not in row:
                 row[k.replace("omniopd/", "")] = v

@@ -28,6 +28,7 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
+from omniopd.event_loop import EventLoop
 from omniopd.preflight import preflight
 from omniopd.run_dir import RunDir, newest_checkpoint
 
@@ -90,8 +91,24 @@ def grpo_args(cfg: TrainConfig, output_dir: Path):
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=False,
+        log_completions=cfg.output.log_completions,
+        **_vllm_args(S),
     )
+
+
+def _vllm_args(S) -> dict[str, Any]:
+    """TRL's vLLM generation knobs for `--use-vllm` (none otherwise, so TRL's defaults stay untouched)."""
+    if not S.use_vllm:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--use-vllm needs vLLM on a GPU machine: pip install vllm (see README, section "
+                          "'Overlapped steps and vLLM rollouts'); without it, drop --use-vllm")
+    out: dict[str, Any] = {"use_vllm": True, "vllm_mode": S.vllm_mode}
+    if S.vllm_server_base_url:
+        out["vllm_server_base_url"] = S.vllm_server_base_url
+    return out
 
 
 @dataclass
@@ -114,6 +131,7 @@ class Parts:
     drift_gate: Any = None
     budget: Any = None  # omniopd.run_log.BudgetStop
     trainer: Any = None
+    loop: Any = None  # the process's one event loop (omniopd.event_loop): pipeline, method signals, vLLM scorer
 
     def close(self) -> None:
         if self.pipeline is not None:
@@ -124,6 +142,8 @@ class Parts:
             self.run_cache.close()
             if self.run_cache.summary():
                 log.info("%s", self.run_cache.summary())
+        if self.loop is not None:
+            self.loop.close()
         if self.data_dir is not None:
             self.data_dir.cleanup()
 
@@ -198,6 +218,9 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
         parts.student_loaded = True
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    saved = parts.run_dir.path / "tokenizer"
+    if not saved.exists():  # the run's own tokenizer: report/inspect/export read token text with it
+        tokenizer.save_pretrained(str(saved))
     parts.model, parts.tokenizer = model, tokenizer
 
 
@@ -229,19 +252,24 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     from scheduler import ForkScheduler
 
     cfg = parts.cfg
+    if cfg.learner.async_steps and parts.replay_rollouts is not None:
+        raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
+                          "live teacher, so there is nothing to overlap: drop --async-steps")
+    parts.loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
-            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder)
+            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
         s = cfg.scheduler
         sched = ForkScheduler(s.chunk_tokens, s.chunks_per_completion, s.batch_budget, s.selection)
         parts.pipeline = Pipeline(parts.teacher, parts.tokenizer, sched, phi, samples=cfg.teacher.samples,
                                   alpha=cfg.scorer.alpha, trim_slack=cfg.scorer.trim_slack,
                                   token_factor=cfg.teacher.token_factor, teacher_temperature=cfg.teacher.temperature,
                                   max_usd=cfg.teacher.max_usd, recorder=parts.recorder, progress=False,
-                                  skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
+                                  skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay,
+                                  loop=parts.loop)
     # white-box methods read the teacher model itself, not the cache in front of it
     parts.method, parts.drift_gate = build_method(cfg, parts.tokenizer, getattr(parts.teacher, "inner", None) or parts.teacher,
-                                                  parts.pipeline, parts.rows, verifier)
+                                                  parts.pipeline, parts.rows, verifier, loop=parts.loop)
 
 
 def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> None:
@@ -258,13 +286,20 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
                                  task_type="CAUSAL_LM")
     metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo)
     parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
+    completion_log = None
+    if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
+        from omniopd.completion_log import CompletionLog
+
+        completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
+                                       trim_slack=cfg.scorer.trim_slack)
+        parts.pipeline.recorder = completion_log
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
         args=grpo_args(cfg, parts.run_dir.path),
         train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics, parts.budget, *extra_callbacks],
+        callbacks=[metrics, parts.budget, *([completion_log] if completion_log is not None else []), *extra_callbacks],
         pipeline=parts.pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
@@ -272,7 +307,10 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         replay=parts.replay_rollouts,
         method=parts.method,
         drift_gate=parts.drift_gate,
+        async_steps=cfg.learner.async_steps,
     )
+    if completion_log is not None:
+        completion_log.attach(parts.trainer)
     quiet_console(parts.trainer, echo)
 
 
@@ -325,7 +363,7 @@ def save_final(parts: Parts, result: TrainResult) -> Path:
     return final_dir
 
 
-def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
+def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None, loop=None):
     """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (README, section Methods).
 
     Plain OmniOPD keeps the learner's own audit path (None). White-box methods check teacher
@@ -334,12 +372,13 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
     """
     import torch
 
+    from omniopd.methods.blackbox import blackbox_enabled
     from omniopd.methods.drift_gate import DriftGate
     from omniopd.methods.signals import MethodSignals
 
     M = cfg.method
     gate = DriftGate.build(M.drift_gate, tokenizer, block=M.gate_block_tokens, tau=M.gate_tau)
-    if M.name == "omniopd" and not M.verifier_gate:
+    if M.name == "omniopd" and not M.verifier_gate and not blackbox_enabled(M):
         return None, gate
     needs_answers = M.name == "sg-opd" or M.verifier_gate
     if needs_answers and not any(r.get("answer") for r in rows):
@@ -352,14 +391,14 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
         verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
     whitebox = None
     if M.name != "omniopd":
-        whitebox = _whitebox(cfg, teacher, tokenizer)
+        whitebox = _whitebox(cfg, teacher, tokenizer, loop)
     generator = torch.Generator().manual_seed(cfg.learner.seed)
     return MethodSignals(M, tokenizer, group_size=cfg.student.generations, max_new_tokens=cfg.student.max_new_tokens,
                          total_steps=cfg.learner.max_steps, pipeline=pipeline, whitebox=whitebox, teacher=teacher,
-                         verifier=verifier, temperature=cfg.student.temperature, generator=generator), gate
+                         verifier=verifier, temperature=cfg.student.temperature, generator=generator, loop=loop), gate
 
 
-def _whitebox(cfg: TrainConfig, teacher, tokenizer):
+def _whitebox(cfg: TrainConfig, teacher, tokenizer, loop=None):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
     from providers.whitebox import whitebox_for
 
@@ -369,7 +408,9 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
         from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
         policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
+        if loop is None:
+            raise ConfigError("a vLLM white-box teacher runs on the process's event loop: pass build_method(loop=...)")
+        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, run=loop.run, timeout_s=cfg.teacher.timeout_s,
                                             policy=policy, spec=cfg.teacher.spec)
         return whitebox_for(scorer, tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
