@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from omniopd.config_flags import add_config_flags, config_from_args
@@ -28,50 +29,48 @@ class _Once(logging.Filter):
         self.seen: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
+        if record.levelno < logging.WARNING or getattr(record, "_omniopd_once", None) is self:
+            return True  # the same record reaching a second handler is not a repeat
         key = (record.name, str(record.msg))
         if key in self.seen:
             return False
         self.seen.add(key)
+        record._omniopd_once = self
         return True
 
 
-_ONCE: _Once | None = None  # the one filter, so repeated runs in a process do not stack filters
-
-
-def quiet_console() -> None:
+@contextlib.contextmanager
+def quiet_console():
     """The console of a run: our log lines, one progress bar, each warning once (Python's
     `warnings` already show once per place; library deprecation notices are off, `omniopd.cli`).
 
     Model loading/saving bars ("Loading weights", "Writing model shards") are off through
     huggingface_hub's switch, which transformers' bars follow; TRL's per-step dict and the
-    per-rollout bars are handled by the trainer setup (`omniopd.run_log.quiet_console`).
+    per-rollout bars are handled by the trainer setup (`omniopd.run_log.quiet_console`). The
+    once-filter lives for the run only, so a later run in the same process shows its own warnings.
     """
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    before = list(logging.getLogger().handlers)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ours = [h for h in logging.getLogger().handlers if h not in before]  # only the console handler we made
     for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    global _ONCE
-    if _ONCE is None:
-        _ONCE = _Once()
-    _ONCE.seen.clear()  # once per run: a second run in the same process (a notebook, tests) warns again
-    for handler in ours:  # never a host's handlers (pytest's capture, a notebook's, an app's own)
-        if _ONCE not in handler.filters:
-            handler.addFilter(_ONCE)
-    if _ONCE not in logging.getLogger("transformers").filters:
-        logging.getLogger("transformers").addFilter(_ONCE)  # its records that reach its own handler
+    once = _Once()
+    targets = [*logging.getLogger().handlers, logging.getLogger("transformers")]  # its own handler's records too
+    for t in targets:
+        t.addFilter(once)
+    try:
+        yield
+    finally:
+        for t in targets:
+            t.removeFilter(once)
 
 
 def run(args: argparse.Namespace) -> int:
     from omniopd.train import run_train, summarize
 
-    quiet_console()
     cfg = config_from_args(args)
-    result = run_train(cfg)
+    with quiet_console():
+        result = run_train(cfg)
     print(summarize(result))
     return 0

@@ -217,14 +217,17 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     directory (removed by `Parts.close`); read before any model loads, so a bad row fails fast."""
     import tempfile
 
-    from omniopd.data import prompt_dataset
+    from omniopd.data import iter_prompts, prompt_dataset
 
     d = cfg.data
+    args = (d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt)
+    # the first rows first: a malformed JSONL file fails before `datasets` (and torch) is imported
+    for _ in iter_prompts(*args[:4], min(d.limit or 64, 64), args[5], config=d.config, max_row_bytes=d.max_row_bytes):
+        pass
     tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
     try:
         with _datasets_quiet():
-            rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
-                                  cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
+            rows = prompt_dataset(tmp.name, *args, config=d.config, max_row_bytes=d.max_row_bytes)
     except BaseException:
         tmp.cleanup()
         raise
