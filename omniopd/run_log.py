@@ -4,6 +4,11 @@ A `TrainerCallback`, so it sees exactly what TRL logs (and `report_to` backends 
 numbers). Each line has at least `step`, `reward_mean` (mean chunk weight pihat), `kl` (mean
 exact KL on unaudited tokens), `forks`, `teacher_samples`, `seconds`; the rest of TRL's and
 omniopd's metrics follow under their own names.
+
+`teacher_cost_usd_total` is the run's spend ledger (`omniopd/ledger.py`): every dollar the run
+paid, across `--resume` and all ranks. `teacher_samples_total` continues across `--resume`:
+each row's value is also written into the trainer state's log history, which checkpoints
+carry, and a resumed run starts from the last value before its checkpoint.
 """
 
 from __future__ import annotations
@@ -26,12 +31,29 @@ _CONTRACT = {
 class MetricsLogger(TrainerCallback):
     """Appends one line per logged step to `<output>/metrics.jsonl` and prints a summary line."""
 
-    def __init__(self, path: str | Path, pipeline=None, clock=time.perf_counter, echo: bool = True):
+    def __init__(self, path: str | Path, pipeline=None, clock=time.perf_counter, echo: bool = True, ledger=None):
         self.path = Path(path)
         self.pipeline = pipeline
+        self.ledger = ledger
+        self._samples_before = 0  # teacher_samples_total at the checkpoint this run resumed from
         self.clock = clock
         self.echo = echo
         self._last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed state holds the log history up to its checkpoint
+        self._samples_before = next((h["teacher_samples_total"] for h in reversed(state.log_history)
+                                     if "teacher_samples_total" in h), 0)
+
+    def log_stop(self, state, reason: str) -> None:
+        """One closing row when the run stops early (the spend cap): where, why, and the totals."""
+        row = {"step": state.global_step, "stopped": reason}
+        if self.pipeline is not None:
+            row["teacher_samples_total"] = self._samples_before + self.pipeline.teacher_samples_total
+        if self.ledger is not None:
+            row["teacher_cost_usd_total"] = self.ledger.spent
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._last is None:
@@ -47,8 +69,10 @@ class MetricsLogger(TrainerCallback):
         row["seconds"] = now - (self._last or now)
         self._last = now
         if self.pipeline is not None:
-            row["teacher_samples_total"] = self.pipeline.teacher_samples_total
-            row["teacher_cost_usd_total"] = self.pipeline.spent_usd
+            row["teacher_samples_total"] = self._samples_before + self.pipeline.teacher_samples_total
+            row["teacher_cost_usd_total"] = self.ledger.spent if self.ledger is not None else self.pipeline.spent_usd
+            if state.log_history:  # carried by the next checkpoint, read back on resume
+                state.log_history[-1]["teacher_samples_total"] = row["teacher_samples_total"]
         for k, v in logs.items():
             if isinstance(v, (int, float)) and k not in row:
                 row[k.replace("omniopd/", "")] = v

@@ -122,9 +122,12 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
     from omniopd.run_cache import ReplayRollouts, open_run_cache
 
+    from omniopd.ledger import LEDGER_FILE, SpendLedger
+
     given_teacher = teacher
+    ledger = SpendLedger(out / LEDGER_FILE, cfg.teacher.max_usd)  # survives --resume; shared by all ranks
     run_cache = open_run_cache(cfg, out, lambda: given_teacher if given_teacher is not None else build_teacher(cfg.teacher),
-                               recorder)
+                               recorder, ledger=ledger)
     teacher, recorder, replay_rollouts = run_cache.teacher, run_cache.recorder, None
     if run_cache.replay is not None:
         if cfg.method.name != "omniopd":
@@ -153,7 +156,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
 
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    metrics = MetricsLogger(out / "metrics.jsonl", pipeline=pipeline, echo=echo)
+    metrics = MetricsLogger(out / "metrics.jsonl", pipeline=pipeline, echo=echo, ledger=ledger)
     trainer = OmniOPDTrainer(
         model=model,
         args=grpo_args(cfg, out),
@@ -175,6 +178,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     except BudgetExceededError as exc:
         stopped = str(exc)
         trainer._save_checkpoint(trainer.model, trial=None)
+        metrics.log_stop(trainer.state, "max_teacher_usd")
         log.warning("%s", exc)
     finally:
         if pipeline is not None:
@@ -182,6 +186,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         if method is not None:
             method.close()
         run_cache.close()
+        spent = ledger.spent
+        ledger.close()
         if run_cache.summary():
             log.info("%s", run_cache.summary())
     final_dir = None
@@ -190,7 +196,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         trainer.save_model(str(final_dir))
         tokenizer.save_pretrained(str(final_dir))
     result = TrainResult(out, final_dir, trainer.state.global_step, stopped,
-                         pipeline.teacher_samples_total if pipeline else 0, pipeline.spent_usd if pipeline else 0.0)
+                         pipeline.teacher_samples_total if pipeline else 0, spent)
     return result
 
 
@@ -245,7 +251,8 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer):
 
 
 def summarize(result: TrainResult) -> str:
-    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples, ${result.teacher_usd:.4f} teacher spend"]
+    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples, ${result.teacher_usd:.4f} teacher spend"
+             " (the run's total, resumes included)"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
     lines.append(f"omniopd: results in {result.output_dir}/ (config.yaml, metrics.jsonl, checkpoint-*/"

@@ -27,10 +27,10 @@ from typing import Any
 from omniopd.errors import TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError
 from providers.base import TeacherRequest, TeacherSample, stable_hash
 from providers.capabilities import ModelCaps
-from providers.continuation import SplitPrefix, reconcile, split_prefix, strip_echo
+from providers.continuation import SplitPrefix, instruction_messages, reconcile, split_prefix, strip_echo
 from providers.limits import Limits
 from providers.retry import Failure, RetryPolicy, call_with_retries, redact
-from providers.usage import UsageTotals
+from providers.usage import UsageTotals, charge, prompt_tokens_upper_bound
 
 log = logging.getLogger("omniopd.providers")
 
@@ -102,7 +102,7 @@ class ApiTeacher:
         errors = [r for r in results if isinstance(r, BaseException)]
         _raise_actionable(errors)
         short = request.n - len(samples)
-        if short > 0 and self._n_ignored and per > 1:
+        if short > 0 and self._n_ignored and per > 1 and not self.caps.priced:
             # The server answers n > 1 with one choice (llama-cpp-python): ask one at a time.
             log.warning("%s: the server ignores n (asked %d, got 1); requesting one sample per call from now on", self.spec, per)
             self._max_n = 1
@@ -118,6 +118,30 @@ class ApiTeacher:
                         request.n - len(samples), request.n, errors[0], len(samples))
         self._totals.add_samples(samples)
         return samples
+
+    def worst_case_usd(self, request: TeacherRequest) -> float:
+        """The most `sample(request)` can be billed: what the spend ledger reserves before it.
+
+        Every call bills the whole prompt (bounded by `prompt_tokens_upper_bound` over what is
+        sent, the instruction wrapper included) at the dearest input rate (cache writes cost
+        1.25x on Anthropic), and every sample at most `max_tokens` output tokens (thinking and
+        reasoning tokens count toward that bound on Gemini and OpenAI). N samples take
+        ceil(N / max_n) calls; the one-at-a-time retry for servers that ignore `n` runs only
+        for unpriced (self-hosted) teachers, so it never adds cost.
+        """
+        caps = self.caps
+        if not caps.priced:
+            return 0.0
+        split = split_prefix(request.prefix)
+        convo = request.messages
+        if caps.continuation == "instruct":
+            convo = instruction_messages(convo, split.sent)
+        texts = [m.content for m in convo] + ([split.sent] if caps.continuation != "instruct" else [])
+        prompt = prompt_tokens_upper_bound(texts, len(convo) + 1)
+        calls = -(-request.n // max(1, self._max_n))
+        rate_in = max(r for r in (caps.usd_per_mtok_in, caps.usd_per_mtok_cache_write, caps.usd_per_mtok_cache_read)
+                      if r is not None)
+        return (calls * prompt * rate_in + request.n * request.max_tokens * caps.usd_per_mtok_out) / 1e6  # type: ignore[operator]
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
@@ -190,6 +214,7 @@ class ApiTeacher:
 
     def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float) -> list[TeacherSample]:
         cost = self.caps.cost_usd(res.input_tokens, res.output_tokens, res.cache_read_tokens, res.cache_write_tokens)
+        charge(cost)
         if not res.texts:  # billed all the same: keep it in the totals
             self._totals.input_tokens += res.input_tokens
             self._totals.cost_usd += cost

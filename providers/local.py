@@ -66,6 +66,10 @@ class LocalTeacher:
     async def aclose(self) -> None:
         return None
 
+    def worst_case_usd(self, request: TeacherRequest) -> float:
+        """An in-process model bills nothing."""
+        return 0.0
+
     def render(self, request: TeacherRequest) -> str:
         """The exact text the model continues: chat template + the partial assistant turn."""
         msgs = [{"role": m.role, "content": m.content} for m in request.messages]
