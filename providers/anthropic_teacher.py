@@ -77,4 +77,5 @@ class AnthropicTeacher(ApiTeacher):
             cache_read_tokens=float(getattr(u, "cache_read_input_tokens", 0) or 0),
             cache_write_tokens=float(getattr(u, "cache_creation_input_tokens", 0) or 0),
             model=resp.model or self.model,
+            request_id=getattr(resp, "id", "") or "",
         )

@@ -8,11 +8,14 @@ A subclass implements one wire protocol in `_call(request, sent_prefix, k)`, ret
    when prompt caching applies (`_warm_cache_first`), the first call runs alone so the
    others read the cache it wrote;
 3. run each call under the (provider, model) limits and the retry policy;
-4. reconcile each text with the held-back whitespace, strip instruct-mode echoes, and split the
-   call's usage and cost evenly across its samples.
+4. check every answer (`providers/validation.py`: empty or missing text, more output than the
+   request allows are not samples), reconcile each text with the held-back whitespace, strip
+   instruct-mode echoes, and split the call's usage and cost evenly across its answers (the
+   share of a rejected answer is billed all the same: it stays in the totals and on the bill).
 
-A call that fails past its retries drops its samples (the scorer uses N_eff); when every call
-fails the error propagates (the fallback wrapper decides what happens next). Auth, quota and
+A call that fails past its retries drops its samples (the scorer uses N_eff), and so does a
+rejected answer (counted in `failed_samples`); when every call fails the error propagates, and
+when no answer at all passes the check a `TeacherResponseError` is raised (the fallback wrapper decides what happens next). Auth, quota and
 capability errors propagate at once. SDK clients are created lazily, one per event loop (a
 pipeline may use `asyncio.run` per step), and closed by `aclose`.
 """
@@ -24,13 +27,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from omniopd.errors import TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError
+from omniopd.errors import (TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError,
+                            TeacherResponseError)
 from providers.base import TeacherRequest, TeacherSample, stable_hash
 from providers.capabilities import ModelCaps
 from providers.continuation import SplitPrefix, instruction_messages, reconcile, split_prefix, strip_echo
 from providers.limits import Limits
 from providers.retry import Failure, RetryPolicy, call_with_retries, redact
 from providers.usage import UsageTotals, charge, prompt_tokens_upper_bound
+from providers.validation import call_rejection, rejection
 
 log = logging.getLogger("omniopd.providers")
 
@@ -47,6 +52,8 @@ class CallResult:
     cache_read_tokens: float = 0.0
     cache_write_tokens: float = 0.0
     model: str = ""
+    request_id: str = ""  # the provider's id of the response, for messages
+    answer_tokens: float | None = None  # output tokens bounded by max_tokens, when not output_tokens (Gemini)
 
 
 class ApiTeacher:
@@ -70,6 +77,7 @@ class ApiTeacher:
         self._totals = UsageTotals()
         self._max_n = caps.max_n  # lowered to 1 if the server answers n > 1 with one choice
         self._n_ignored = False
+        self._rejected: dict[int, str] = {}  # id(request) -> why answers were rejected (for the error)
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(spec={self.spec!r}, continuation={self.caps.continuation!r})"
@@ -110,12 +118,19 @@ class ApiTeacher:
             samples += [s for r in more if isinstance(r, list) for s in r]
             errors += [r for r in more if isinstance(r, BaseException)]
             _raise_actionable(errors)
+        rejected = self._rejected.pop(id(request), None)
         if errors and not samples:
             raise errors[0]
-        if errors:
+        if not samples:
+            self._totals.failed_samples += request.n
+            raise TeacherResponseError(
+                f"{self.spec}: no usable answer among {request.n} ({rejected}); nothing was stored. If this repeats, "
+                "the server does not honour the request's bounds: check --teacher-base-url or choose another --teacher",
+                provider=self.provider)
+        if len(samples) < request.n:
             self._totals.failed_samples += request.n - len(samples)
-            log.warning("%s: %d of %d samples failed (%s); continuing with %d", self.spec,
-                        request.n - len(samples), request.n, errors[0], len(samples))
+            log.warning("%s: %d of %d samples failed (%s); continuing with %d", self.spec, request.n - len(samples),
+                        request.n, errors[0] if errors else rejected, len(samples))
         self._totals.add_samples(samples)
         return samples
 
@@ -210,23 +225,33 @@ class ApiTeacher:
             latency = self.policy.clock() - t0
         if k > 1 and len(res.texts) == 1:
             self._n_ignored = True
-        return self._to_samples(res, split, latency)
+        return self._to_samples(res, split, latency, request)
 
-    def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float) -> list[TeacherSample]:
+    def _to_samples(self, res: CallResult, split: SplitPrefix, latency: float, request: TeacherRequest) -> list[TeacherSample]:
         cost = self.caps.cost_usd(res.input_tokens, res.output_tokens, res.cache_read_tokens, res.cache_write_tokens)
         charge(cost)
-        if not res.texts:  # billed all the same: keep it in the totals
-            self._totals.input_tokens += res.input_tokens
-            self._totals.cost_usd += cost
-            log.warning("%s: the response held no completion (blocked or empty); dropping it", self.spec)
-            return []
-        m = len(res.texts)
+        m = max(1, len(res.texts))
+        bounded = res.output_tokens if res.answer_tokens is None else res.answer_tokens
+        whole = call_rejection(bounded, len(res.texts), request.max_tokens)
         out = []
-        for text, finish in res.texts:
+        for text, finish in res.texts or [(None, "")]:
+            why = whole or rejection(text, request.max_tokens)
+            if why is not None:  # billed all the same: its share stays in the totals, on no sample
+                self._totals.input_tokens += res.input_tokens / m
+                self._totals.output_tokens += res.output_tokens / m
+                self._totals.cost_usd += cost / m
+                self._rejected[id(request)] = why + (f", response {res.request_id}" if res.request_id else "")
+                log.warning("%s: an answer was rejected (%s); it is not a sample", self.spec, self._rejected[id(request)])
+                continue
             if self.caps.continuation == "instruct":
                 text = strip_echo(split.sent, text)
+            text = reconcile(split.tail, text)
+            if not text:  # only an echo of the prefix, or only the held-back whitespace
+                self._totals.cost_usd += cost / m
+                self._rejected[id(request)] = "the answer only repeated the prefix"
+                continue
             out.append(TeacherSample(
-                text=reconcile(split.tail, text),
+                text=text,
                 finish_reason=FINISH.get(finish, finish.lower() if finish else "stop"),
                 input_tokens=res.input_tokens / m,
                 output_tokens=res.output_tokens / m,

@@ -79,4 +79,5 @@ class GeminiTeacher(ApiTeacher):
         cached = float(u.cached_content_token_count or 0) if u else 0.0
         out = float((u.candidates_token_count or 0) + (u.thoughts_token_count or 0)) if u else 0.0
         return CallResult(texts=texts, input_tokens=prompt - cached, output_tokens=out, cache_read_tokens=cached,
-                          model=resp.model_version or self.model)
+                          model=resp.model_version or self.model, request_id=resp.response_id or "",
+                          answer_tokens=float(u.candidates_token_count or 0) if u else None)

@@ -69,4 +69,5 @@ class OpenAITeacher(ApiTeacher):
             output_tokens=float(getattr(u, "completion_tokens", 0) or 0) if u else 0.0,
             cache_read_tokens=cached,
             model=getattr(resp, "model", "") or "",
+            request_id=getattr(resp, "id", "") or "",
         )

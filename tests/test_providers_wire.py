@@ -212,14 +212,6 @@ def test_malformed_json_is_retried_then_typed(fake_server):
         run(sample_and_close(make(fake_server, "openai:gpt-4o-mini", max_attempts=3), req()))
 
 
-def test_empty_completion_is_a_sample_and_no_choices_is_none(fake_server):
-    fake_server.push(Fault("empty", route="anthropic"))
-    (s,) = run(sample_and_close(make(fake_server, "claude-haiku"), req()))
-    assert s.text == "" and s.finish_reason == "stop"
-    fake_server.push(Fault("no_choices", route="gemini"))
-    assert run(sample_and_close(make(fake_server, "gemini:gemini-2.5-flash"), req(n=3))) == []
-
-
 @pytest.mark.parametrize("provider", ["anthropic", "openai", "gemini"])
 def test_quota_429_is_not_retried(fake_server, provider):
     fake_server.push(Fault("quota", retry_after=1))
