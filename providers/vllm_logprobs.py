@@ -53,7 +53,8 @@ class OpenAICompatPromptLogprobs:
         try:
             r = self.http.post(f"{root}/tokenize", json={"model": self.model, "prompt": probe, "add_special_tokens": False})
         except httpx.HTTPError as exc:
-            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({exc})") from exc
+            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({type(exc).__name__}); check that "
+                                          "the server runs and --teacher-base-url", provider="openai-compatible") from None
         if r.status_code == 404:
             raise TeacherAccessError(
                 f"{self.spec}: the server has no /tokenize endpoint, so omniopd cannot check that it shares the "

@@ -277,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 503
         if route != "anthropic" and kind == "overloaded":
             status = 503
-        headers = {}
+        rid = "req_" + uuid.uuid4().hex[:16]
+        headers = {"request-id": rid, "x-request-id": rid}  # Anthropic's and OpenAI's names for it
         if fault.retry_after is not None:
             headers["retry-after"] = f"{fault.retry_after:g}"
         if fault.retry_after_ms is not None:
