@@ -97,7 +97,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
     from omniopd.pipeline import Pipeline
     from omniopd.run_log import MetricsLogger
     from omniopd.similarity import build_similarity
-    from providers.registry import build_teacher
+    from omniopd.teachers import build_teacher
     from scheduler import ForkScheduler
 
     out = Path(cfg.output.dir)
@@ -236,18 +236,11 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
 
 def _whitebox(cfg: TrainConfig, teacher, tokenizer):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
+    from omniopd.teachers import build_prompt_logprobs_scorer
     from providers.whitebox import whitebox_for
 
-    kind, _, model = cfg.teacher.spec.partition(":")
-    if kind == "openai-compatible" and cfg.teacher.base_url:
-        from providers.retry import RetryPolicy
-        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
-
-        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
-                                            policy=policy, spec=cfg.teacher.spec)
-        return whitebox_for(scorer, tokenizer, cfg.method.name)
-    return whitebox_for(teacher, tokenizer, cfg.method.name)
+    scorer = build_prompt_logprobs_scorer(cfg.teacher)
+    return whitebox_for(scorer if scorer is not None else teacher, tokenizer, cfg.method.name)
 
 
 def summarize(result: TrainResult) -> str:

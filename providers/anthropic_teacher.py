@@ -33,7 +33,8 @@ class AnthropicTeacher(ApiTeacher):
     def _make_client(self) -> Any:
         import anthropic
 
-        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s)
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s,
+                                        http_client=self.http_client)
 
     def _est_prompt_tokens(self, request: TeacherRequest) -> float:
         return (sum(len(m.content) for m in request.messages) + len(request.prefix)) / 3.5

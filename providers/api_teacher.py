@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniopd.errors import (TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError,
                             TeacherResponseError)
@@ -36,6 +36,9 @@ from providers.limits import Limits
 from providers.retry import Failure, RetryPolicy, call_with_retries, redact
 from providers.usage import UsageTotals, charge, prompt_tokens_upper_bound
 from providers.validation import call_rejection, rejection
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("omniopd.providers")
 
@@ -64,8 +67,16 @@ class ApiTeacher:
     api_version: str = ""
 
     def __init__(self, model: str, *, caps: ModelCaps, api_key: str | None, base_url: str | None,
-                 timeout_s: float, policy: RetryPolicy, limits: Limits, spec: str | None = None) -> None:
+                 timeout_s: float, policy: RetryPolicy, limits: Limits, spec: str | None = None,
+                 http_client: "httpx.AsyncClient | None" = None) -> None:
+        """Everything comes in as an argument: clients read no environment and no config.
+
+        `http_client`, when given, is the `httpx.AsyncClient` every SDK call goes through
+        (proxies, custom TLS, a shared connection pool); it is the caller's to close, and it
+        must be used on one event loop (the pipeline's).
+        """
         self.model = model
+        self.http_client = http_client
         self.caps = caps
         self.spec = spec or f"{self.provider}:{model}"
         self.base_url = base_url
@@ -161,6 +172,8 @@ class ApiTeacher:
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
         current = asyncio.get_running_loop()
+        if self.http_client is not None:  # the caller's: closing an SDK client would close it
+            return
         for loop, client in clients.values():
             if loop is current:  # clients of finished loops lost their sockets with them
                 await self._close_client(client)

@@ -30,7 +30,8 @@ class GeminiTeacher(ApiTeacher):
         from google import genai
         from google.genai import types
 
-        opts = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000), api_version=self.api_version)
+        opts = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000), api_version=self.api_version,
+                                 httpx_async_client=self.http_client)
         return genai.Client(api_key=self._api_key, http_options=opts)
 
     async def _close_client(self, client: Any) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from omniopd.models import eos_token_ids
 from providers.base import Message, TeacherRequest, TeacherSample, stable_hash
+from providers.eos import eos_token_ids
 from providers.usage import UsageTotals
 from providers.validation import rejection
 

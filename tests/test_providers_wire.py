@@ -20,7 +20,7 @@ from omniopd.errors import (
     TeacherResponseError,
     TeacherUnavailableError,
 )
-from providers.api_registry import build_api_teacher, build_api_teacher_with_fallback
+from omniopd.teachers import build_api_teacher, build_api_teacher_with_fallback
 from providers.base import Message, TeacherRequest
 from providers.limits import LimitsRegistry
 from providers.retry import RetryPolicy

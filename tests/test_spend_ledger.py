@@ -17,7 +17,7 @@ from omniopd.config import build_config
 from omniopd.errors import BudgetExceededError
 from omniopd.ledger import LEDGER_FILE, SpendLedger, process_token
 from omniopd.spend import BudgetedTeacher
-from providers.api_registry import build_api_teacher
+from omniopd.teachers import build_api_teacher
 from omniopd.train import run_train
 from providers.base import Message, TeacherRequest
 from tests.fake_providers import fake_server  # noqa: F401  (fixture)
