@@ -17,7 +17,6 @@ event loop this object owns (one loop for its whole life, like the pipeline's).
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import httpx
@@ -38,7 +37,9 @@ class OpenAICompatPromptLogprobs:
         self.model = model
         self.spec = spec or f"openai-compatible:{model}"
         self.base_url = base_url.rstrip("/")
-        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # vLLM without --api-key accepts any
+        # given by the caller (omniopd/teachers.py: OPENAI_COMPATIBLE_API_KEY), never read here and
+        # never another provider's; vLLM without --api-key accepts any
+        self._key = api_key or "EMPTY"
         self.client = client or openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
                                                    timeout=timeout_s)
         self.http = http or httpx.Client(timeout=timeout_s)
