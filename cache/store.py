@@ -13,9 +13,11 @@ Contract:
 - Writes are single transactions (`BEGIN IMMEDIATE`, so concurrent writers in other
   processes queue on SQLite's lock instead of failing); a crash loses at most the transaction
   in flight, and the file is never left half-written.
-- Nothing is written to a file that fails the checks on open (not SQLite, truncated, not an
-  omniopd cache, schema newer than this code): each raises a `CacheError` subclass whose
-  message says what to do, and the file is left exactly as it was.
+- Nothing is written to a file that fails the checks on open (a directory, an empty file, not
+  SQLite, truncated, not an omniopd cache, schema newer than this code): each raises a
+  `CacheError` subclass whose message says what to do, and the file is left exactly as it was.
+  A new cache is only ever made where no file exists.
+- Read-only inspection (`creates_nothing=True`) leaves nothing beside the file.
 
 One `SampleStore` is one connection; use it from one thread at a time (`CachedTeacher` opens
 a second one for its writer thread).
@@ -158,13 +160,17 @@ class SampleStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 60.0,
         max_pages: int | None = None,
+        creates_nothing: bool = False,
     ) -> None:
+        """`creates_nothing` (read-only inspection: `cache stats`, `verify`, `export`): open the
+        file so that nothing appears beside it — no `-wal`, no `-shm` (see `_connect`)."""
         if mode not in ("read-write", "read-only"):
             raise CacheError(f"cache mode must be read-write or read-only; got {mode!r}")
         self.path = Path(path).expanduser()
         self.mode = mode
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
+        self.creates_nothing = creates_nothing and mode == "read-only"
         self._origins: dict[int, tuple[str, str]] = {}
         self._origin_ids: dict[tuple[str, str], int] = {}
         self.conn = self._open(max_pages)
@@ -172,6 +178,13 @@ class SampleStore:
     # --- opening ---------------------------------------------------------------------------
     def _open(self, max_pages: int | None) -> sqlite3.Connection:
         path = self.path
+        if path.is_dir():
+            raise CacheError(f"cache {path} is a directory, not a cache file; pass a file path, e.g. "
+                             f"--cache {path / 'samples.sqlite'}")
+        if path.is_file() and path.stat().st_size == 0:
+            raise CacheCorruptError(
+                f"cache {path} is an empty file (0 bytes), not an omniopd cache; it was not modified. Delete it to "
+                f"start a new cache at that path, or pass another --cache.")
         if self.mode == "read-only":
             if not path.is_file():
                 raise CacheError(f"cache {path} does not exist; --cache-mode read-only needs an existing cache (or use read-write).")
@@ -245,6 +258,12 @@ class SampleStore:
         try:
             if self.mode == "read-write":
                 return sqlite3.connect(f"{uri}?mode=rwc", uri=True, isolation_level=None, check_same_thread=False)
+            wal = Path(f"{path}-wal")
+            if self.creates_nothing and (not wal.exists() or wal.stat().st_size == 0):
+                # No write-ahead log to read: the main file is the whole database, and opening it
+                # immutable creates no -wal/-shm (plain mode=ro on a WAL file creates both). A
+                # writer that starts during this read is not seen: fine for a one-shot inspection.
+                return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
             conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -528,7 +547,7 @@ class SampleStore:
 def verify_file(path: str | Path) -> list[str]:
     """Problems with the cache file at `path` (empty = healthy), even when it cannot be opened."""
     try:
-        with SampleStore(path, "read-only") as store:
+        with SampleStore(path, "read-only", creates_nothing=True) as store:
             return store.verify()
     except (CacheCorruptError, CacheSchemaError) as exc:
         problems = [str(exc)]
