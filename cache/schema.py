@@ -18,6 +18,9 @@ Layout (why it looks like this):
 - `pools` (version 4) holds each pool again, packed in one row: reading 10 rows of 14 columns
   per key capped batched lookups at ~10 000 pools/s; one row per key reaches > 50 000.
   It is derived from `samples` in the same transaction as every write (see `cache.packs`).
+- `leases` (version 5): a key some process is buying samples for right now, who (`holder`, a
+  session id) and until when (`expires`, epoch seconds; the holder renews it while it waits
+  on the teacher, and a crashed holder's lease simply runs out). See `cache.teacher`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable
 
 from cache import packs
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
@@ -75,9 +78,11 @@ MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = 
     ),
     # each pool packed in one row, so a batched lookup reads one row per key (see cache.packs)
     4: (packs.CREATE, packs.rebuild_all),
+    # a process buying a key's samples claims it, so others wait instead of buying too
+    5: ("CREATE TABLE leases (key BLOB PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",),
 }
 
-EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools")
+EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools", "leases")
 
 
 def read_version(conn: sqlite3.Connection) -> int | None:

@@ -200,6 +200,8 @@ class SampleStore:
                     f"cache {path} is not writable (the file or its directory is read-only); use --cache-mode read-only "
                     f"to only read it, or --cache PATH somewhere writable."
                 )
+        if self.mode == "read-write" and not path.exists():
+            _create(path)
         self._key = str(path.resolve())
         with OPEN_LOCK:
             if path.exists() and not OPEN.get(self._key):
@@ -395,12 +397,51 @@ class SampleStore:
             packs.rebuild(conn, [r[0] for r in rows])
         return added
 
-    def put_many(self, entries: Sequence[Entry]) -> int:
-        """Store entries in one transaction; entries whose uid is already stored are skipped. Returns rows added."""
-        if not entries:
+    def put_many(self, entries: Sequence[Entry], *, release: Sequence[tuple[bytes, str]] = ()) -> int:
+        """Store entries in one transaction; entries whose uid is already stored are skipped. Returns rows added.
+
+        `release` lists (key, holder) leases to drop in the same transaction: the samples a
+        holder bought become visible at the instant its claim ends, so a waiting process never
+        sees the key free and the pool still short.
+        """
+        if not entries and not release:
             return 0
         with self._transaction(doing=f"storing {len(entries)} samples") as conn:
-            return self._insert(conn, entries)
+            added = self._insert(conn, entries) if entries else 0
+            if release:
+                conn.executemany("DELETE FROM leases WHERE key = ? AND holder = ?", list(release))
+            return added
+
+    # --- leases: who is buying a key's samples right now -----------------------------------
+    def claim(self, keys: Sequence[bytes], holder: str, ttl_s: float) -> dict[bytes, float | None]:
+        """Claim each key for `holder` for `ttl_s` seconds, in one transaction.
+
+        Returns, per key, None when `holder` now holds it (it was free, expired, or already
+        its own), else the epoch time the other holder's lease runs out.
+        """
+        now = self.clock()
+        out: dict[bytes, float | None] = {}
+        with self._transaction(doing="claiming keys") as conn:
+            for key in keys:
+                row = conn.execute("SELECT holder, expires FROM leases WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] != holder and row[1] > now:
+                    out[key] = float(row[1])
+                    continue
+                conn.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                             "holder = excluded.holder, expires = excluded.expires", (key, holder, now + ttl_s))
+                out[key] = None
+        return out
+
+    def renew(self, keys: Sequence[bytes], holder: str, ttl_s: float) -> None:
+        """Extend `holder`'s leases on `keys` (a holder still waiting on its teacher)."""
+        with self._transaction(doing="renewing leases") as conn:
+            conn.executemany("UPDATE leases SET expires = ? WHERE key = ? AND holder = ?",
+                             [(self.clock() + ttl_s, k, holder) for k in keys])
+
+    def release(self, keys: Sequence[bytes], holder: str) -> None:
+        """Drop `holder`'s leases on `keys` (its purchase failed: let others try)."""
+        with self._transaction(doing="releasing leases") as conn:
+            conn.executemany("DELETE FROM leases WHERE key = ? AND holder = ?", [(k, holder) for k in keys])
 
     def delete(self, *, before: float | None = None, model: str | None = None, teacher: str | None = None, dry_run: bool = False) -> int:
         """Delete samples stored before `before` (epoch seconds) and/or from a model/teacher; returns how many."""
@@ -542,6 +583,38 @@ class SampleStore:
                 problems.append(f"{bad} samples with malformed key or id")
             problems += packs.check(self.conn)
         return problems
+
+
+def _create(path: Path) -> None:
+    """Make a new, empty cache at `path` atomically: build it beside, then hard-link it in.
+
+    So no process ever sees a half-made cache at `path` — in particular never a 0-byte file,
+    which is refused as not a cache (it is what a user's stray `touch` leaves). When another
+    process links its own first, theirs is used.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    try:
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            migrate(conn, 0)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # the last connection checkpoints the log: `tmp` is the whole database
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "creating it") from exc
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def verify_file(path: str | Path) -> list[str]:
