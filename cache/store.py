@@ -8,8 +8,8 @@ Contract:
   `TeacherSample` per stored row was the whole cost of a lookup, and `CachedTeacher` needs only
   the first n of a pool.
 - Every sample has a random 16-byte `uid` that never changes (export/import and copies into
-  run files keep it); `TeacherSample.extra['cache_id']` is its hex form, and samples read back
-  carry `extra['cached'] = True`.
+  run files keep it); `TeacherSample.cache_id` is its hex form, and samples read back
+  carry `cached=True`.
 - Writes are single transactions (`BEGIN IMMEDIATE`, so concurrent writers in other
   processes queue on SQLite's lock instead of failing); a crash loses at most the transaction
   in flight, and the file is never left half-written.
@@ -44,7 +44,6 @@ from providers.base import TeacherSample
 OpenMode = Literal["read-write", "read-only"]
 KEY_BYTES = 16
 _BATCH = 500  # bound parameters per statement
-_TRANSIENT_EXTRA = ("cache_id", "cached")  # set on the way out, never stored
 # TeacherSample's positional order, so rows become samples without keyword plumbing
 _SAMPLE_COLUMNS = "text, finish_reason, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, origin, latency_s, exact, extra"
 _COLUMNS = "key, uid, created, " + _SAMPLE_COLUMNS
@@ -342,9 +341,9 @@ class SampleStore:
         text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra = row
         teacher, model = self._origins.get(origin) or self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
-        extra_d["cache_id"] = cache_id
-        extra_d["cached"] = True  # stored = already paid for (never stored itself, see _TRANSIENT_EXTRA)
-        return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d)
+        # stored = already paid for; `cached` and `cache_id` are set on the way out, never stored
+        return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d,
+                             cached=True, cache_id=cache_id)
 
     def _row_to_entry(self, row: tuple) -> Entry:
         return Entry(row[0], row[1], row[2], self._sample(row[1].hex(), row[3:]))
@@ -384,7 +383,7 @@ class SampleStore:
             if len(e.key) != KEY_BYTES or len(e.uid) != KEY_BYTES:
                 raise CacheError(f"sample keys and ids must be {KEY_BYTES} bytes (got {len(e.key)}, {len(e.uid)}); this is a bug")
             s = e.sample
-            extra = {k: v for k, v in s.extra.items() if k not in _TRANSIENT_EXTRA}
+            extra = s.extra
             rows.append(
                 (e.key, e.uid, float(e.created), s.text, s.finish_reason, float(s.input_tokens), float(s.output_tokens),
                  float(s.cache_read_tokens), float(s.cache_write_tokens), float(s.cost_usd), self._origin_id(conn, s.teacher, s.model),

@@ -16,9 +16,9 @@ transaction per loop turn), renews the claim every `lease_s / 3` while its teach
 drops it in the same transaction that commits the samples it bought. Another process wanting
 the same key finds it claimed and waits (polling the pool) for those samples instead of buying
 its own; a crashed holder stops renewing, so its lease runs out after at most `lease_s` and
-the key is bought by whoever asks next. `lease_s=None` turns leases off. Every returned sample carries `extra['cache_id']` (its stable uid, hex), which episodes
-record; samples served from the store also carry `extra['cached'] = True` (already paid for:
-the pipeline leaves them out of the step's spend). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
+the key is bought by whoever asks next. `lease_s=None` turns leases off. Every returned sample carries `cache_id` (its stable uid, hex), which episodes
+record; samples served from the store also carry `cached=True` (already paid for: the spend
+accounting leaves them out). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
 teacher for the rest, store nothing), `off` (call the teacher, store nothing; ids are still
 assigned). With no inner teacher (replay), a request with no stored sample raises
 `CacheMissError`; a partly stored pool is served as is (fewer than n samples, like a partial
@@ -165,7 +165,12 @@ class _Release:
 
 @dataclasses.dataclass
 class _LoopState:
-    """Per-event-loop bits (asyncio primitives are bound to the loop that first uses them)."""
+    """The asyncio bits: per-key locks and the reads queued this loop turn.
+
+    One process runs one event loop (omniopd.event_loop), so one state serves every call. Locks
+    live only while a key has callers, so loops run one after another (tests, scripts using
+    `asyncio.run`) also work; two loops using one `CachedTeacher` at the same time do not.
+    """
 
     locks: dict[bytes, asyncio.Lock] = dataclasses.field(default_factory=dict)
     users: dict[bytes, int] = dataclasses.field(default_factory=dict)
@@ -217,7 +222,7 @@ class CachedTeacher:
         self._lease_lock = threading.Lock()
         self._remember = remember
         self._served: OrderedDict[str, Entry] = OrderedDict()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._loop_state = _LoopState()
         self.store: SampleStore | None = None
         self._writer: _Writer | None = None
         if mode == "off":
@@ -249,7 +254,7 @@ class CachedTeacher:
             fresh = await self.inner.sample(request)  # type: ignore[union-attr]
             return self._adopt(self.key(request), fresh[: request.n])
         key = self.key(request)
-        state = self._state()
+        state = self._loop_state
         lock = state.locks.setdefault(key, asyncio.Lock())
         state.users[key] = state.users.get(key, 0) + 1
         try:
@@ -268,7 +273,12 @@ class CachedTeacher:
             if missing == 0 or self.inner is None or self._leases is None:
                 break
             held_until = await self._claim(key, state)
-            if held_until is None:  # ours: buy
+            if held_until is None:  # ours now. Look again: a holder that committed between our read and
+                have = await self._serve_stored(key, request, state)  # our claim left its samples
+                missing = request.n - len(have)
+                if missing == 0:
+                    await asyncio.to_thread(self._lease_call, "release", [key])
+                    break
                 try:
                     fresh = await self._buy_holding(key, request.with_n(missing))
                 except BaseException:
@@ -320,7 +330,7 @@ class CachedTeacher:
         pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
         if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
             seen = {e.uid for e in pool}
-            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, extra={**e.sample.extra, "cached": True}))
+            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, cached=True))
                      for e in self._writer.pending_for(key) if e.uid not in seen]
             pool = pool[: request.n]
         for e in pool:
@@ -373,7 +383,7 @@ class CachedTeacher:
         entries = []
         # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
         for s, uid in zip(fresh, sorted(self.uid_factory() for _ in fresh)):
-            s = dataclasses.replace(s, extra={**s.extra, "cache_id": uid.hex()})
+            s = dataclasses.replace(s, cache_id=uid.hex(), cached=False)
             entries.append(Entry(key, uid, now, s))
         for e in entries:
             self._remember_entry(e)
@@ -387,13 +397,6 @@ class CachedTeacher:
         self._served.move_to_end(cid)
         while len(self._served) > self._remember:
             self._served.popitem(last=False)
-
-    def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopState()
-        return state
 
     async def _lookup(self, key: bytes, state: _LoopState) -> Sequence[Entry]:
         """Queue a read; all reads queued in this loop turn run as one batched query."""

@@ -19,12 +19,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from omniopd.train import run_train, summarize
+class _Once(logging.Filter):
+    """Each kind of warning once: a record whose (logger, message template) was shown is dropped.
+    Repeats are still counted where they matter (e.g. `teacher_failed_chunks` in metrics.jsonl)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_console() -> None:
+    """The console of a run: our log lines, one progress bar, each warning once (Python's
+    `warnings` already show once per place; library deprecation notices are off, `omniopd.cli`).
+
+    Model loading/saving bars ("Loading weights", "Writing model shards") are off through
+    huggingface_hub's switch, which transformers' bars follow; TRL's per-step dict and the
+    per-rollout bars are handled by the trainer setup (`omniopd.run_log.quiet_console`).
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    once = _Once()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
+    logging.getLogger("transformers").addFilter(once)  # its records that reach its own handler
+
+
+def run(args: argparse.Namespace) -> int:
+    from omniopd.train import run_train, summarize
+
+    quiet_console()
     cfg = config_from_args(args)
     result = run_train(cfg)
     print(summarize(result))

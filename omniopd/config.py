@@ -46,6 +46,9 @@ class StudentConfig:
     max_new_tokens: int = knob(256, "longest student completion, in tokens")
     temperature: float = knob(1.0, "student sampling temperature for rollouts (the paper: 1.0)")
     system_prompt: str | None = knob(None, "system message prepended to every prompt (none by default)")
+    use_vllm: bool = knob(False, "sample student rollouts with vLLM through TRL's use_vllm path (GPU; entropies by one teacher-forced forward)", flag="--use-vllm")
+    vllm_mode: str = knob("colocate", "--use-vllm: colocate (vLLM inside the training process) or server (`trl vllm-serve`)", choices=("colocate", "server"), flag="--vllm-mode")
+    vllm_server_base_url: str | None = knob(None, "--vllm-mode server: the `trl vllm-serve` URL (default http://localhost:8000)", flag="--vllm-server-url")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "student.model", "must not be empty")
@@ -56,6 +59,11 @@ class StudentConfig:
         _check(self.temperature > 0, "student.temperature", f"must be > 0; got {self.temperature}")
 
 
+# The local teacher an API teacher hands over to when the API stays down during a run. A
+# missing key falls back only to a --fallback-teacher the user named (no silent self-distillation).
+DEFAULT_FALLBACK_TEACHER = "local:smollm2"
+
+
 @dataclass
 class TeacherConfig:
     spec: str = knob("local:smollm2", "teacher: claude-haiku, anthropic:M, openai:M, gemini:M, openai-compatible:M, local:ID_OR_PATH", flag="--teacher")
@@ -63,7 +71,7 @@ class TeacherConfig:
     base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
     temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
     token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
-    fallback: str = knob("local:smollm2", "local teacher used when the API has no key or fails past its deadline", flag="--fallback-teacher")
+    fallback: str | None = knob(None, f"local teacher used when the API fails past its deadline (unset: {DEFAULT_FALLBACK_TEACHER}); naming it also lets a run with no API key start on it", flag="--fallback-teacher")
     no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
     max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
     concurrency: int = knob(8, "requests in flight per (provider, model)", flag="--teacher-concurrency")
@@ -94,16 +102,19 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    path: str = knob("demo", "prompts: a .jsonl file, a `datasets` directory, or 'demo' (the packaged set)", flag="--data")
-    prompt_field: str = knob("question", "JSONL/dataset field holding the prompt text (GSM8K: question)")
+    path: str = knob("demo", "prompts: a .jsonl/.json/.parquet/.csv file, a `save_to_disk` directory, a `datasets` name (with --data-config, --split), or 'demo' (the packaged set)", flag="--data")
+    prompt_field: str = knob("question", "field holding the prompt: text, or a list of chat messages (TRL's conversational 'prompt'); GSM8K: question")
     answer_field: str | None = knob(None, "field holding the reference answer (kept for verifiers and eval)")
-    split: str = knob("train", "split to read from a `datasets` directory")
+    split: str = knob("train", "split to read from a `save_to_disk` directory or a `datasets` name")
+    config: str | None = knob(None, "`datasets` config name for --data NAME (GSM8K: main)", flag="--data-config")
     limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
+    max_row_bytes: int = knob(1_000_000, "longest row accepted (JSONL line bytes; prompt characters otherwise); a longer one is an error naming its line", flag="--data-max-row-bytes")
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", "must not be empty")
         _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
+        _check(self.max_row_bytes >= 1, "data.max_row_bytes", f"must be >= 1; got {self.max_row_bytes}")
 
 
 @dataclass
@@ -120,15 +131,18 @@ class SchedulerConfig:
         _check_choice(self.selection, "scheduler.selection", ("entropy", "uniform"))
 
 
+SIMILARITY_CHOICES = ("embedding", "edit", "rouge1", "numbers", "token_f1")
+
+
 @dataclass
 class ScorerConfig:
-    similarity: str = knob("embedding", "phi: embedding cosine (packaged MiniLM), normalised char edit distance, or ROUGE-1 F1", choices=("embedding", "edit", "rouge1"))
+    similarity: str = knob("embedding", "phi: embedding cosine (packaged MiniLM), normalised char edit distance, ROUGE-1 F1, numbers (number F1 x edit), or token_f1 (student-token F1)", choices=SIMILARITY_CHOICES)
     embedder: str = knob("minilm", "sentence-transformers model for phi=embedding: path, hub id, or 'minilm' (packaged)")
     alpha: float = knob(1.0, "Dirichlet prior strength alpha in pi_hat = (k + alpha*pi_bar)/(N + alpha)")
     trim_slack: float = knob(0.2, "teacher samples are trimmed to the student chunk's characters * (1 + slack) before phi")
 
     def __post_init__(self) -> None:
-        _check_choice(self.similarity, "scorer.similarity", ("embedding", "edit", "rouge1"))
+        _check_choice(self.similarity, "scorer.similarity", SIMILARITY_CHOICES)
         _check(self.alpha >= 0, "scorer.alpha", f"must be >= 0; got {self.alpha}")
         _check(self.trim_slack >= 0, "scorer.trim_slack", f"must be >= 0; got {self.trim_slack}")
 
@@ -143,9 +157,13 @@ class LearnerConfig:
     max_grad_norm: float = knob(1.0, "gradient clipping norm")
     max_steps: int = knob(3, "optimizer steps to run", flag="--max-steps")
     seed: int = knob(0, "seed for sampling, data order and initialisation", flag="--seed")
+    async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
+                               "1: one step stale, corrected by the PPO ratio against the recorded behaviour log-probs)",
+                            flag="--async-steps")
 
     def __post_init__(self) -> None:
         _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(0 <= self.async_steps <= 4, "learner.async_steps", f"must be in 0..4 (staleness is bounded); got {self.async_steps}")
         _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
         _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
         _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")
@@ -156,6 +174,7 @@ class LearnerConfig:
 
 METHOD_CHOICES = ("omniopd", "opd", "sg-opd", "tropd")
 DRIFT_GATE_CHOICES = ("off", "block", "newline")
+PIHAT_BASELINE_CHOICES = ("none", "group", "loo")
 
 
 @dataclass
@@ -181,6 +200,9 @@ class MethodConfig:
     tropd_top_k: int = knob(64, "tropd: teacher top-k tokens in the outlier forward KL (the paper: 64)")
     tropd_guidance_share: float = knob(0.5, "tropd: initial share of a teacher completion given as prefix (cosine to 0; 0 disables guidance)")
     tropd_guidance_weight: float = knob(1e-3, "tropd: initial imitation weight on the teacher prefix (cosine to 0)")
+    pihat_baseline: str = knob("none", "omniopd: chunk advantage = pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
+    fork_imitation: float = knob(0.0, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off)", flag="--fork-imitation")
+    student_drafts: int = knob(0, "omniopd: K alternative student chunks per fork, ranked by phi against the teacher samples, trained with group-relative advantages (0 = off)", flag="--student-drafts")
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "method.name", METHOD_CHOICES)
@@ -201,19 +223,26 @@ class MethodConfig:
         _check(self.tropd_top_k >= 1, "method.tropd_top_k", f"must be >= 1; got {self.tropd_top_k}")
         _check(0 <= self.tropd_guidance_share < 1, "method.tropd_guidance_share", f"must be in [0, 1); got {self.tropd_guidance_share}")
         _check(self.tropd_guidance_weight >= 0, "method.tropd_guidance_weight", f"must be >= 0; got {self.tropd_guidance_weight}")
+        _check_choice(self.pihat_baseline, "method.pihat_baseline", PIHAT_BASELINE_CHOICES)
+        _check(self.fork_imitation >= 0, "method.fork_imitation", f"must be >= 0; got {self.fork_imitation}")
+        _check(self.student_drafts >= 0, "method.student_drafts", f"must be >= 0; got {self.student_drafts}")
+        blackbox = self.pihat_baseline != "none" or self.fork_imitation > 0 or self.student_drafts > 0
+        _check(not blackbox or self.name == "omniopd", "method.pihat_baseline/fork_imitation/student_drafts",
+               f"apply to --method omniopd only (they reshape its chunk signal); got --method {self.name}")
 
 
 @dataclass
 class OutputConfig:
     dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
-    save_steps: int = knob(1, "save a resumable checkpoint every N steps")
+    save_steps: int = knob(1, "save a resumable checkpoint every N steps (and at the last); 0 = none, final/ only")
     save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
     report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
     resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
+    log_completions: bool = knob(False, "log each step's completion and fork tables (TRL's log_completions: completions/*.parquet, wandb, trackio; tensorboard text)", flag="--log-completions")
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")
-        _check(self.save_steps >= 1, "output.save_steps", f"must be >= 1; got {self.save_steps}")
+        _check(self.save_steps >= 0, "output.save_steps", f"must be >= 0; got {self.save_steps}")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
 
 

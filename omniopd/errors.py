@@ -145,3 +145,7 @@ class CacheMissError(CacheError):
 
 class ReplayError(OmniOPDError):
     """A recorded run cannot be replayed (missing episodes, incompatible student)."""
+
+
+class ReportError(OmniOPDError):
+    """A run cannot be read for `omniopd report/inspect/export`, or an export cannot be written or pushed."""

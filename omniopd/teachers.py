@@ -186,38 +186,49 @@ def build_local_teacher(model_spec: str, spec: str | None = None) -> Teacher:
 
 def build_api_teacher_with_fallback(cfg: "TeacherConfig", spec: str | None, local_factory: Callable[[], Teacher],
                                     **kw: Any) -> Teacher:
-    """The API teacher wrapped in `FallbackTeacher` (unless `cfg.no_fallback`): a missing key
-    starts the run on the local teacher right away; an auth error or outage switches later."""
+    """The API teacher wrapped in `FallbackTeacher` (unless `cfg.no_fallback`): an auth error or
+    outage during the run switches to the local teacher; a missing key starts the run on it
+    only when `--fallback-teacher` was named (`cfg.fallback`), else it is a `TeacherAuthError`."""
+    from omniopd.config import DEFAULT_FALLBACK_TEACHER
+
     if cfg.no_fallback:
         return build_api_teacher(cfg, spec, **kw)
     canon = str(parse_spec(spec or cfg.spec))
+    fallback = cfg.fallback or DEFAULT_FALLBACK_TEACHER
     try:
         primary = build_api_teacher(cfg, spec, **kw)
     except TeacherAuthError as exc:
-        return FallbackTeacher(None, local_factory, spec=canon, fallback_spec=cfg.fallback, reason=str(exc))
-    return FallbackTeacher(primary, local_factory, spec=canon, fallback_spec=cfg.fallback)
+        if cfg.fallback is None:
+            raise
+        return FallbackTeacher(None, local_factory, spec=canon, fallback_spec=fallback, reason=str(exc))
+    return FallbackTeacher(primary, local_factory, spec=canon, fallback_spec=fallback)
 
 
 def build_teacher(cfg: "TeacherConfig", spec: str | None = None) -> Teacher:
     """Build the teacher named by `spec` (default `cfg.spec`): local, or API with fallback."""
+    from omniopd.config import DEFAULT_FALLBACK_TEACHER
+
     parsed = parse_spec(spec or cfg.spec)
     if parsed.kind == "local":
         return build_local_teacher(parsed.model, str(parsed))
-    fallback = parse_spec(cfg.fallback)
+    name = cfg.fallback or DEFAULT_FALLBACK_TEACHER
+    fallback = parse_spec(name)
     if fallback.kind != "local":
-        raise ConfigError(f"--fallback-teacher {cfg.fallback!r}: must be a local:ID_OR_PATH teacher")
+        raise ConfigError(f"--fallback-teacher {name!r}: must be a local:ID_OR_PATH teacher")
     return build_api_teacher_with_fallback(cfg, str(parsed), lambda: build_teacher(cfg, str(fallback)))
 
 
-def build_prompt_logprobs_scorer(cfg: "TeacherConfig", *, env: Mapping[str, str] | None = None) -> Any | None:
+def build_prompt_logprobs_scorer(cfg: "TeacherConfig", *, run: Callable[[Any], Any],
+                                 env: Mapping[str, str] | None = None) -> Any | None:
     """The vLLM prompt-logprobs scorer for an `openai-compatible` teacher with a base URL, else None.
 
-    Its key is the `openai-compatible` provider's (`OPENAI_COMPATIBLE_API_KEY`), never OpenAI's.
+    `run` drives a coroutine to completion on the process's event loop. Its key is the
+    `openai-compatible` provider's (`OPENAI_COMPATIBLE_API_KEY`), never OpenAI's.
     """
     parsed = parse_spec(cfg.spec)
     if parsed.kind != "openai-compatible" or not cfg.base_url:
         return None
     from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 
-    return OpenAICompatPromptLogprobs(parsed.model, cfg.base_url, api_key=api_key(parsed.kind, env),
+    return OpenAICompatPromptLogprobs(parsed.model, cfg.base_url, run=run, api_key=api_key(parsed.kind, env),
                                       timeout_s=cfg.timeout_s, policy=retry_policy(cfg), spec=str(parsed))

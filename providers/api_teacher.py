@@ -15,9 +15,11 @@ A subclass implements one wire protocol in `_call(request, sent_prefix, k)`, ret
 
 A call that fails past its retries drops its samples (the scorer uses N_eff), and so does a
 rejected answer (counted in `failed_samples`); when every call fails the error propagates, and
-when no answer at all passes the check a `TeacherResponseError` is raised (the fallback wrapper decides what happens next). Auth, quota and
-capability errors propagate at once. SDK clients are created lazily, one per event loop (a
-pipeline may use `asyncio.run` per step), and closed by `aclose`.
+when no answer at all passes the check a `TeacherResponseError` is raised (the fallback wrapper
+decides what happens next). Auth, quota and capability errors propagate at once. The SDK client
+is created lazily on the event loop of the first call and closed by `aclose`; a process runs one
+event loop (omniopd/event_loop.py), so a teacher used from a second loop is a programming error
+and says so.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class ApiTeacher:
         self.policy = policy
         self.limits = limits
         self._api_key = api_key
-        self._clients: dict[int, tuple[Any, Any]] = {}
+        self._sdk: Any = None  # the SDK client, made on the first call's event loop
+        self._sdk_loop: Any = None
         self._totals = UsageTotals()
         self._max_n = caps.max_n  # lowered to 1 if the server answers n > 1 with one choice
         self._n_ignored = False
@@ -170,13 +173,11 @@ class ApiTeacher:
         return (calls * prompt * rate_in + request.n * request.max_tokens * caps.usd_per_mtok_out) / 1e6  # type: ignore[operator]
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        current = asyncio.get_running_loop()
+        sdk, self._sdk = self._sdk, None
         if self.http_client is not None:  # the caller's: closing an SDK client would close it
             return
-        for loop, client in clients.values():
-            if loop is current:  # clients of finished loops lost their sockets with them
-                await self._close_client(client)
+        if sdk is not None and self._sdk_loop is asyncio.get_running_loop():
+            await self._close_client(sdk)
 
     # --- for subclasses ----------------------------------------------------------------------
     async def _call(self, request: TeacherRequest, split: SplitPrefix, k: int) -> CallResult:
@@ -196,11 +197,12 @@ class ApiTeacher:
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            entry = (loop, self._make_client())
-            self._clients[id(loop)] = entry
-        return entry[1]
+        if self._sdk is None:
+            self._sdk, self._sdk_loop = self._make_client(), loop
+        elif self._sdk_loop is not loop:
+            raise RuntimeError(f"{self.spec}: this teacher's client belongs to another event loop; run every teacher "
+                               "call of a process on its one loop (omniopd.event_loop.EventLoop)")
+        return self._sdk
 
     def _temperature(self, request: TeacherRequest) -> dict[str, float]:
         """Sampling parameters to send: none unless the table says the model takes them."""

@@ -56,11 +56,14 @@ def _run_every_client(monkeypatch, servers) -> None:
         _sample(build_api_teacher(TeacherConfig(spec=spec, no_fallback=True)))
     compat = TeacherConfig(spec="openai-compatible:qwen", base_url=servers["openai-compatible"].url + "/v1", no_fallback=True)
     _sample(build_api_teacher(compat))
-    scorer = build_prompt_logprobs_scorer(TeacherConfig(spec="openai-compatible:qwen", base_url=servers["vllm"].url + "/v1"))
+    loop = asyncio.new_event_loop()
+    scorer = build_prompt_logprobs_scorer(TeacherConfig(spec="openai-compatible:qwen", base_url=servers["vllm"].url + "/v1"),
+                                          run=loop.run_until_complete)
     try:
         scorer._request([[1, 2, 3]], 0)  # one scoring call over the wire
     finally:
         scorer.close()
+        loop.close()
 
 
 def test_each_canary_reaches_only_its_own_provider(monkeypatch, servers):

@@ -279,7 +279,9 @@ def test_no_fallback_raises_auth_error(fake_server):
 
 def test_missing_key_starts_on_fallback_without_calling_the_api(fake_server, caplog):
     env = {k: v for k, v in fake_server.env().items() if k != "ANTHROPIC_API_KEY"}
-    cfg = TeacherConfig(spec="claude-haiku")
+    with pytest.raises(TeacherAuthError, match="ANTHROPIC_API_KEY"):  # no silent self-distillation ...
+        build_api_teacher_with_fallback(TeacherConfig(spec="claude-haiku"), None, lambda: pytest.fail("no fallback"), env=env)
+    cfg = TeacherConfig(spec="claude-haiku", fallback="local:tiny")  # ... unless the user names the fallback
     with caplog.at_level(logging.WARNING, logger="omniopd.providers"):
         teacher = build_api_teacher_with_fallback(cfg, None, lambda: _fallback_teacher(fake_server), env=env)
         samples = run(sample_and_close(teacher, req(n=2)))

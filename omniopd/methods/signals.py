@@ -6,7 +6,9 @@ method, all math delegated to the pure modules next to this one:
 
 | method  | teacher access     | advantages A_t                                 | extras                          |
 | ------- | ------------------ | ---------------------------------------------- | ------------------------------- |
-| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate)      | KL anchor on unaudited tokens   |
+| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate),     | KL anchor on unaudited tokens;  |
+|         |                    | minus a baseline (--pihat-baseline)            | fork-imitation and draft rows   |
+|         |                    |                                                | (methods/blackbox.py)           |
 | opd     | white-box          | log pi_T - log pi_old                          | -                               |
 | sg-opd  | white-box + verif. | lambda_t * (log pi_T - log pi_old); 1 on       | teacher rows in the cold start  |
 |         |                    | verified teacher rows                          |                                 |
@@ -20,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
+from omniopd.event_loop import EventLoop
 from omniopd.methods import opd, sg_opd, tropd
+from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
-from omniopd.methods.verifier_gate import gated_advantages_B_T
+from omniopd.methods.verifier_gate import gated_advantages_B_T, verdict_scale_B
 from omniopd.rollouts import Rollouts
 from providers.base import TeacherRequest
 from providers.local import messages_from_chat
@@ -48,14 +52,21 @@ class ScoredBatch:
     audit_mask_B_T: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    student_rows: int | None = None  # rows past this were appended by a signal: not in the loss normaliser
 
 
 class MethodSignals:
-    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance."""
+    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance.
+
+    `loop` is the process's event loop (`omniopd.event_loop.EventLoop`, owned by the training
+    entry point); teacher text is sampled on it. Without one, a method that samples teacher text
+    starts its own and closes it in `close()` (standalone use).
+    """
 
     def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
                  pipeline=None, whitebox: WhiteBoxTeacher | None = None, teacher=None,
-                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None):
+                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 loop: EventLoop | None = None):
         self.cfg = cfg
         self.method = cfg.name
         self.tokenizer = tokenizer
@@ -69,27 +80,32 @@ class MethodSignals:
         self.generator = generator
         self.verifier = verifier or VERIFIERS[cfg.verifier]
         self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop = loop
+        self._own_loop = False
         if self.method == "omniopd" and pipeline is None:
             raise ValueError("method omniopd needs the OmniOPD pipeline")
         if self.method != "omniopd" and whitebox is None:
             raise ValueError(f"method {self.method} needs a white-box teacher (providers.whitebox.whitebox_for)")
         if self.method in ("sg-opd", "tropd") and teacher is None:
             raise ValueError(f"method {self.method} samples teacher completions: pass teacher=")
+        self.blackbox = None
+        if self.method == "omniopd" and blackbox_enabled(cfg):
+            self.blackbox = BlackBoxSignals(cfg, tokenizer, group_size=group_size, max_new_tokens=max_new_tokens,
+                                            phi=pipeline.phi, trim_slack=pipeline.trim_slack, temperature=temperature)
 
     @property
-    def needs_logits(self) -> bool:
-        """Does the loss need the student's full log-softmax (TrOPD's outlier forward KL)?"""
+    def needs_ids(self) -> bool:
+        """Does the loss need the student's log-probabilities at given ids (TrOPD's outlier forward KL)?"""
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.close()
+        if self._own_loop and self.loop is not None:
+            self.loop.close()
 
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
         if self.method == "omniopd":
-            return self._omniopd(rollouts, golds, step)
+            return self._omniopd(rollouts, golds, step, student)
         if self.method == "opd":
             out = self._opd(rollouts)
         elif self.method == "sg-opd":
@@ -100,14 +116,39 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
-    def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
-        audit = self.pipeline.audit(rollouts, step=step)
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[[], ScoredBatch]:
+        """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
+
+        OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
+        `--async-steps` overlap); white-box methods score at once, with the student that sampled.
+        """
+        if self.method == "omniopd":
+            pending = self.pipeline.start(rollouts, step)
+            return lambda: self._omniopd_scored(self.pipeline.finish(pending), rollouts, golds, student)
+        out = self.score(rollouts, golds, step, student)
+        return lambda: out
+
+    def _omniopd(self, rollouts, golds, step, student) -> ScoredBatch:
+        return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds, student)
+
+    def _omniopd_scored(self, audit, rollouts, golds, student) -> ScoredBatch:
+        rollouts = audit.rollouts or rollouts
         adv, metrics = audit.advantages_B_T, dict(audit.metrics)
+        v = None
         if self.cfg.verifier_gate:
             v = verdicts_B(self.verifier, rollouts.completions, golds)
-            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
             metrics.update(_verdict_metrics(v))
-        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, metrics=metrics)
+        if self.blackbox is not None:  # baseline, drafts, fork imitation (issue 9)
+            scale = None if v is None else verdict_scale_B(v, self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+            if audit.extra:
+                raise ValueError("the black-box signals append rows; per-row extras from pipeline stages "
+                                 f"({', '.join(audit.extra)}) cannot be extended to them yet")
+            bb = self.blackbox.score(audit, rollouts, student, scale)
+            metrics.update(bb.metrics)
+            return ScoredBatch(bb.rollouts, bb.advantages_B_T, bb.audit_mask_B_T, metrics=metrics, student_rows=bb.student_rows)
+        if v is not None:
+            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, extra=dict(audit.extra), metrics=metrics)
 
     def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
         return self.whitebox.token_logprobs(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
@@ -214,18 +255,26 @@ class MethodSignals:
         return ScoredBatch(rollouts, adv, mask.bool(), extra=extra, metrics=metrics)
 
     # -- loss extras ----------------------------------------------------------------------------
-    def extra_loss_B_T(self, logp_B_T_V: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
-        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None."""
-        if not self.needs_logits or "teacher_topk_ids" not in inputs:
+    def head_ids_B_T_K(self, inputs: dict) -> torch.Tensor | None:
+        """Vocabulary ids per token whose student log-probabilities the loss needs (TrOPD: teacher top-k)."""
+        if not self.needs_ids or "teacher_topk_ids" not in inputs:
             return None
-        student_topk = logp_B_T_V.gather(-1, inputs["teacher_topk_ids"].long())
-        return tropd.forward_kl_topk_B_T(student_topk, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
+        return inputs["teacher_topk_ids"]
+
+    def extra_loss_B_T(self, ids_logp_B_T_K: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
+        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None.
+
+        `ids_logp_B_T_K`: the student's full-vocabulary log-probabilities at `head_ids_B_T_K(inputs)`.
+        """
+        if ids_logp_B_T_K is None:
+            return None
+        return tropd.forward_kl_topk_B_T(ids_logp_B_T_K, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
 
     # -- teacher text --------------------------------------------------------------------------
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
+        if self.loop is None:
+            self.loop, self._own_loop = EventLoop(), True
 
         async def one(p):
             req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
@@ -238,7 +287,7 @@ class MethodSignals:
         async def all_():
             return await asyncio.gather(*(one(p) for p in prompts))
 
-        return self._loop.run_until_complete(all_())
+        return self.loop.run(all_())
 
 
 def _signal_metrics(d_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> dict[str, float]:
