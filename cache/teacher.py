@@ -312,7 +312,12 @@ class CachedTeacher:
         return have + self._adopt(self.key(request), fresh)  # the key again: the teacher may have switched
 
     async def _buy_holding(self, key: bytes, request: TeacherRequest) -> list[TeacherSample]:
-        """The inner teacher's samples, renewing our lease on `key` while it works."""
+        """The inner teacher's samples, renewing our lease on `key` while it works.
+
+        If the caller is cancelled meanwhile (a step abandoned because another request hit the
+        spend cap), the purchase is not: requests already sent are paid for, so they run to
+        the end and their samples are stored (and the lease dropped) when they arrive.
+        """
         task = asyncio.ensure_future(self.inner.sample(request))  # type: ignore[union-attr]
         try:
             while True:
@@ -320,9 +325,16 @@ class CachedTeacher:
                 if done:
                     return task.result()[: request.n]
                 await asyncio.to_thread(self._lease_call, "renew", [key])
-        finally:
-            if not task.done():
-                task.cancel()
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._adopt_late(key, request, t))  # runs soon if already done
+            raise
+
+    def _adopt_late(self, key: bytes, request: TeacherRequest, task: asyncio.Future) -> None:
+        """Store what an abandoned purchase bought (see `_buy_holding`)."""
+        fresh = [] if task.cancelled() or task.exception() is not None else task.result()[: request.n]
+        if self._writer is not None:
+            self.counts["from_teacher"] += len(fresh)
+            self._adopt(self.key(request), fresh, release=[(key, self.session)])
 
     async def _serve_stored(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
         """Up to n samples already stored (or queued for storing) under `key`."""

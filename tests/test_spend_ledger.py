@@ -161,7 +161,7 @@ def test_spend_cap_holds_across_two_resumes(tmp_path, tiny_tok, monkeypatch, fak
         figures.append((attempt, ledger_usd, cache_usd, metrics_usd, len(fake_server.requests("anthropic"))))
         assert rows[-1]["stopped"] == "max_teacher_usd"
         assert cache_usd <= cap + 1e-12 and metrics_usd <= cap + 1e-12 and ledger_usd <= cap + 1e-12
-        assert cache_usd == pytest.approx(ledger_usd)
+        assert cache_usd <= ledger_usd + 1e-12  # the ledger also holds requests billed but not stored
     for attempt, led_usd, cache_usd, met_usd, reqs in figures:
         print(f"run {attempt}: ledger ${led_usd:.6f}, cache ${cache_usd:.6f}, metrics.jsonl ${met_usd:.6f} "
               f"(cap ${cap}), {reqs} requests so far")
