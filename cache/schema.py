@@ -19,6 +19,9 @@ Layout (why it looks like this):
 - `pools` (version 4) holds each pool again, packed in one row: reading 10 rows of 14 columns
   per key capped batched lookups at ~10 000 pools/s; one row per key reaches > 50 000.
   It is derived from `samples` in the same transaction as every write (see `cache.packs`).
+- `leases` (version 5): a key some process is buying samples for right now, who (`holder`, a
+  session id) and until when (`expires`, epoch seconds; the holder renews it while it waits
+  on the teacher, and a crashed holder's lease simply runs out). See `cache.teacher`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable
 
 from cache import packs
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
@@ -91,9 +94,11 @@ MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = 
         "DROP TABLE episodes",
         "ALTER TABLE episodes_v5 RENAME TO episodes",
     ),
+    # a process buying a key's samples claims it, so others wait instead of buying too
+    6: ("CREATE TABLE leases (key BLOB PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",),
 }
 
-EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools")
+EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools", "leases")
 
 
 def read_version(conn: sqlite3.Connection) -> int | None:

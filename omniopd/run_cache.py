@@ -7,7 +7,9 @@
 - `--replay RUN`: `make_teacher` is never called (no provider, no network); the teacher serves
   only the recorded samples and `ReplayRollouts` feeds the recorded rollouts (token ids and
   behaviour log-probabilities) to the learner instead of generating;
-- unless `--no-episodes`, an `EpisodeRecorder` writes every step to `<output>/episodes.sqlite`.
+- unless `--no-episodes`, an `EpisodeRecorder` writes every step to `<output>/episodes.sqlite`;
+- with a `ledger` (`omniopd/ledger.py`), the teacher is wrapped in a `BudgetedTeacher` inside
+  the cache: every request the cache cannot serve reserves its worst case first.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class RunCache:
         return line
 
 
-def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teacher], recorder: Any = None) -> RunCache:
+def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teacher], recorder: Any = None,
+                   ledger: Any = None) -> RunCache:
     """See the module docstring. A `recorder` passed in replaces the episode recorder."""
     c = cfg.cache
     replay = None
@@ -126,6 +129,10 @@ def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teach
         log.info("replaying %s (%d recorded steps): no teacher is constructed", replay.path, len(replay.steps()))
     else:
         inner = make_teacher()
+        if ledger is not None:
+            from omniopd.spend import BudgetedTeacher
+
+            inner = BudgetedTeacher(inner, ledger)
         path = None if c.mode == "off" else resolve_cache_path(c.path)
         teacher = CachedTeacher(inner, path, c.mode)
         if path is not None:

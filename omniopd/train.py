@@ -168,6 +168,9 @@ class Parts:
     method: Any = None
     drift_gate: Any = None
     budget: Any = None  # omniopd.run_log.BudgetStop
+    ledger: Any = None  # omniopd.ledger.SpendLedger: the run's spend, across resumes and ranks
+    spent_usd: float = 0.0  # the ledger's total when it closed
+    metrics: Any = None  # omniopd.run_log.MetricsLogger
     trainer: Any = None
     loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
 
@@ -180,6 +183,9 @@ class Parts:
             self.run_cache.close()
             if self.run_cache.summary():
                 log.info("%s", self.run_cache.summary())
+        if self.ledger is not None:
+            self.spent_usd = self.ledger.spent
+            self.ledger.close()
         if self.data_dir is not None:
             self.data_dir.cleanup()
 
@@ -272,12 +278,16 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
 
 def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
     """The teacher behind the sample cache, the episode recorder, and offline replay (`omniopd.run_cache`)."""
+    from omniopd.ledger import LEDGER_FILE, SpendLedger
     from omniopd.run_cache import ReplayRollouts, open_run_cache
-    from providers.registry import build_teacher
+    from omniopd.teachers import build_teacher
 
     cfg = parts.cfg
+    # every request the cache cannot serve reserves its worst case here first (omniopd/spend.py)
+    parts.ledger = SpendLedger(parts.run_dir.path / LEDGER_FILE, cfg.teacher.max_usd)
     run_cache = open_run_cache(cfg, parts.run_dir.path,
-                               lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder)
+                               lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder,
+                               ledger=parts.ledger)
     parts.run_cache, parts.teacher, parts.recorder = run_cache, run_cache.teacher, run_cache.recorder
     if run_cache.replay is not None:
         if cfg.method.name != "omniopd":
@@ -331,7 +341,8 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
 
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo)
+    metrics = parts.metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo,
+                                            ledger=parts.ledger)
     parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
     completion_log = None
     if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
@@ -366,7 +377,10 @@ def train(parts: Parts) -> str | None:
     resume = parts.run_dir.resume_from
     try:
         parts.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except BudgetExceededError as exc:  # spend already at the cap when a step began (e.g. a resumed run)
+    except BudgetExceededError as exc:  # a request the cap cannot cover (spend ledger), or a step past the cap
+        parts.trainer._save_checkpoint(parts.trainer.model, trial=None)  # what the step bought is in the cache
+        if parts.metrics is not None:
+            parts.metrics.log_stop(parts.trainer.state, "max_teacher_usd")
         log.warning("%s", exc)
         return str(exc)
     if parts.budget is not None and parts.budget.reason:
@@ -379,7 +393,7 @@ def finish(parts: Parts, stopped: str | None) -> TrainResult:
     """Save `final/` (model or LoRA adapter, and the tokenizer) unless the run stopped early."""
     trainer, p = parts.trainer, parts.pipeline
     result = TrainResult(parts.run_dir.path, None, trainer.state.global_step, stopped,
-                         p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0,
+                         p.teacher_samples_total if p else 0, parts.spent_usd if parts.ledger is not None else 0.0,
                          dict(p.samples_by_teacher) if p else {})
     if stopped is None:
         result.final_dir = save_final(parts, result)
@@ -454,24 +468,19 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer, loop=None):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
     from providers.whitebox import whitebox_for
 
-    kind, _, model = cfg.teacher.spec.partition(":")
-    if kind == "openai-compatible" and cfg.teacher.base_url:
-        from providers.retry import RetryPolicy
-        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
+    from omniopd.teachers import build_prompt_logprobs_scorer, parse_spec
 
-        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
+    if parse_spec(cfg.teacher.spec).kind == "openai-compatible" and cfg.teacher.base_url:
         if loop is None:
             raise ConfigError("a vLLM white-box teacher runs on the process's event loop: pass build_method(loop=...)")
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, run=loop.run, timeout_s=cfg.teacher.timeout_s,
-                                            policy=policy, spec=cfg.teacher.spec)
-        return whitebox_for(scorer, tokenizer, cfg.method.name)
+        return whitebox_for(build_prompt_logprobs_scorer(cfg.teacher, run=loop.run), tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
 
 
 def summarize(result: TrainResult) -> str:
     by = ", ".join(f"{n} from {t}" for t, n in sorted(result.samples_by_teacher.items()))
     lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples" + (f" ({by})" if by else "")
-             + f", ${result.teacher_usd:.4f} teacher spend"]
+             + f", ${result.teacher_usd:.4f} teacher spend (the run's total, resumes included)"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
     parts = ["config.yaml", "metrics.jsonl"] + (["checkpoint-*/"] if newest_checkpoint(result.output_dir) else []) \

@@ -44,7 +44,7 @@ def test_a_version_4_file_migrates_its_episodes_to_rank_0(tmp_path):
     conn.execute("COMMIT")
     conn.close()
     with SampleStore(path) as store:
-        assert read_version(store.conn) == SCHEMA_VERSION == 5
+        assert read_version(store.conn) == SCHEMA_VERSION == 6
         assert store.episode_entries("run") == [(3, 0)]
         assert decode_episode(store.episode_blob("run", 3))["completion_ids"] == [[7, 8]]
         assert store.verify() == []
