@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "omniopd.cli_eval",
     "teacher": "omniopd.cli_teacher",
     "cache": "omniopd.cli_cache",
+    "report": "omniopd.cli_report",  # also registers `inspect` and `export`
 }
 
 

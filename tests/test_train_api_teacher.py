@@ -52,7 +52,7 @@ def test_max_teacher_usd_stops_cleanly_with_a_checkpoint(tmp_path, tiny_tok, mon
     result = run_train(cfg, model=tiny_llama(tiny_tok), tokenizer=tiny_tok, echo=False)
     assert result.stopped_early and "max-teacher-usd" in result.stopped_early
     assert list((tmp_path / "run").glob("checkpoint-*"))
-    assert result.teacher_usd >= 1e-6
+    assert result.teacher_usd <= 1e-6  # the cap holds: no request whose worst case passes it is sent
 
 
 def test_fallback_is_counted_per_teacher_in_metrics_and_summary(tmp_path, tiny_tok, monkeypatch, fake_server, capsys):
@@ -90,6 +90,9 @@ def _tree_hash(path):
 
 def test_resuming_a_finished_run_does_nothing_and_a_larger_max_steps_continues(tmp_path, tiny_tok, monkeypatch,
                                                                                  fake_server, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="omniopd")
     _point_sdks_at(monkeypatch, fake_server)
     student_dir = tmp_path / "student"
     tiny_llama(tiny_tok, seed=0).save_pretrained(student_dir)
