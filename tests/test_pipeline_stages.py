@@ -101,3 +101,18 @@ def test_an_extra_stage_between_pihat_and_scatter(rollouts, tiny_tok):
             [before - res.metrics["pihat_baseline"]] * c.length, abs=1e-6)
     for k in ("scheduler_seconds", "teacher_seconds", "scorer_seconds", "pihat_mean", "audited_tokens", "forks"):
         assert k in res.metrics
+
+
+def test_seeded_audits_with_a_local_teacher_repeat(rollouts, tiny_tok):
+    from providers.local import LocalTeacher
+    from tests.tiny import tiny_llama
+
+    teacher_model = tiny_llama(tiny_tok, seed=1)
+    texts = []
+    for _ in range(3):
+        p = Pipeline(LocalTeacher(teacher_model, tiny_tok, spec="local:tiny"), tiny_tok,
+                     ForkScheduler(chunk_tokens=5, chunks_per_completion=2), build_similarity("edit"), samples=3)
+        torch.manual_seed(1)
+        texts.append([c.teacher_texts for c in p.audit(rollouts, step=0).chunks])
+        p.close()
+    assert texts[0] and texts[0] == texts[1] == texts[2]  # one batched generate per step, the same every time
