@@ -10,7 +10,13 @@ knows the cache is there. For a request asking for n samples under key K:
    (write-behind: a batch commits within `flush_interval_s`, or at once on `flush()`).
 
 Calls for the same key are serialised, so concurrent forks with identical prefixes never pay
-twice. Every returned sample carries `cache_id` (its stable uid, hex), which episodes
+twice — within a process by a lock per key, across processes by a lease: in read-write mode a
+process about to buy samples for a key first claims it in the store (`leases`, one batched
+transaction per loop turn), renews the claim every `lease_s / 3` while its teacher works, and
+drops it in the same transaction that commits the samples it bought. Another process wanting
+the same key finds it claimed and waits (polling the pool) for those samples instead of buying
+its own; a crashed holder stops renewing, so its lease runs out after at most `lease_s` and
+the key is bought by whoever asks next. `lease_s=None` turns leases off. Every returned sample carries `cache_id` (its stable uid, hex), which episodes
 record; samples served from the store also carry `cached=True` (already paid for: the spend
 accounting leaves them out). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
 teacher for the rest, store nothing), `off` (call the teacher, store nothing; ids are still
@@ -67,12 +73,15 @@ class _Writer:
         self.thread = threading.Thread(target=self._run, name="omniopd-cache-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, entries: Sequence[Entry]) -> None:
+    def submit(self, entries: Sequence[Entry], release: Sequence[tuple[bytes, str]] = ()) -> None:
+        """Queue entries for the next commit; `release` leases are dropped in that same transaction."""
         with self.cond:
             for e in entries:
                 self.pending.setdefault(e.key, []).append(e)
-            self.unfinished += len(entries)
+            self.unfinished += len(entries) + (1 if release else 0)
         self.queue.put(list(entries))
+        if release:
+            self.queue.put(_Release(list(release)))
 
     def pending_for(self, key: bytes) -> list[Entry]:
         with self.cond:
@@ -105,7 +114,8 @@ class _Writer:
                     batch.extend(item)
                 else:
                     markers.append(item)
-                if stop or markers or len(batch) >= self.max_batch:
+                # lease releases ride with the batch (write-behind); flushes and counters commit now
+                if stop or any(not isinstance(m, _Release) for m in markers) or len(batch) >= self.max_batch:
                     break
                 wait = deadline - time.monotonic()
                 if wait <= 0:
@@ -123,9 +133,10 @@ class _Writer:
                 return
 
     def _commit(self, batch: list[Entry], markers: list[Any]) -> None:
+        release = [lease for m in markers if isinstance(m, _Release) for lease in m.leases]
         try:
-            if batch:
-                self.store.put_many(batch)
+            if batch or release:
+                self.store.put_many(batch, release=release)
             for m in markers:
                 if isinstance(m, _Counters):
                     self.store.record_lookups(**m.values)
@@ -148,6 +159,11 @@ class _Counters:
 
 
 @dataclasses.dataclass
+class _Release:
+    leases: list[tuple[bytes, str]]  # (key, holder) to drop with the batch's commit
+
+
+@dataclasses.dataclass
 class _LoopState:
     """The asyncio bits: per-key locks and the reads queued this loop turn.
 
@@ -160,6 +176,8 @@ class _LoopState:
     users: dict[bytes, int] = dataclasses.field(default_factory=dict)
     reads: list[tuple[bytes, asyncio.Future]] = dataclasses.field(default_factory=list)
     read_scheduled: bool = False
+    claims: list[tuple[bytes, asyncio.Future]] = dataclasses.field(default_factory=list)
+    claim_scheduled: bool = False
 
 
 class CachedTeacher:
@@ -179,6 +197,8 @@ class CachedTeacher:
         clock: Callable[[], float] = time.time,
         session: str | None = None,
         remember: int = 50_000,
+        lease_s: float | None = 60.0,
+        poll_s: float = 0.02,
     ) -> None:
         if mode not in CACHE_MODES:
             raise CacheError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {mode!r}")
@@ -195,6 +215,11 @@ class CachedTeacher:
         self.session = session or uuid.uuid4().hex
         self.started = clock()
         self.counts = {"requested": 0, "from_cache": 0, "from_teacher": 0, "misses": 0}
+        self.lease_waits = 0  # times a key was found claimed by another process (waited, not bought)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._leases: SampleStore | None = None
+        self._lease_lock = threading.Lock()
         self._remember = remember
         self._served: OrderedDict[str, Entry] = OrderedDict()
         self._loop_state = _LoopState()
@@ -210,6 +235,8 @@ class CachedTeacher:
             wstore = SampleStore(self.store.path, "read-write", clock=clock, busy_timeout_s=self.store.busy_timeout_s)
             self._writer = _Writer(wstore, flush_interval_s, max_batch)
             self._finalizer = weakref.finalize(self, _shutdown, self._writer)
+            if lease_s is not None and teacher is not None:
+                self._leases = SampleStore(self.store.path, "read-write", clock=clock, busy_timeout_s=self.store.busy_timeout_s)
 
     # --- Teacher protocol ---------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -239,16 +266,35 @@ class CachedTeacher:
                 del state.users[key], state.locks[key]
 
     async def _sample_locked(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
-        stored = await self._lookup(key, state)
-        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
-        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
-            seen = {e.uid for e in pool}
-            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, cached=True))
-                     for e in self._writer.pending_for(key) if e.uid not in seen]
-            pool = pool[: request.n]
-        for e in pool:
-            self._remember_entry(e)
-        have = [e.sample for e in pool]
+        wait = self.poll_s
+        while True:
+            have = await self._serve_stored(key, request, state)
+            missing = request.n - len(have)
+            if missing == 0 or self.inner is None or self._leases is None:
+                break
+            held_until = await self._claim(key, state)
+            if held_until is None:  # ours now. Look again: a holder that committed between our read and
+                have = await self._serve_stored(key, request, state)  # our claim left its samples
+                missing = request.n - len(have)
+                if missing == 0:
+                    await asyncio.to_thread(self._lease_call, "release", [key])
+                    break
+                try:
+                    fresh = await self._buy_holding(key, request.with_n(missing))
+                except BaseException:
+                    await asyncio.to_thread(self._lease_call, "release", [key])
+                    raise
+                self.counts["from_cache"] += len(have)
+                self.counts["from_teacher"] += len(fresh)
+                return have + self._adopt(self.key(request), fresh, release=[(key, self.session)])
+            # another process is buying this key's samples: wait for them, then look again
+            self.lease_waits += 1
+            await asyncio.sleep(min(wait, max(0.0, held_until - self.clock()) + self.poll_s))
+            wait = min(wait * 2, 0.5)
+        return await self._finish(key, request, have)
+
+    async def _finish(self, key: bytes, request: TeacherRequest, have: list[TeacherSample]) -> list[TeacherSample]:
+        """Serve `have` and buy the rest without a lease (leases off, or nothing to buy)."""
         self.counts["from_cache"] += len(have)
         missing = request.n - len(have)
         if missing == 0:
@@ -264,6 +310,44 @@ class CachedTeacher:
         fresh = (await self.inner.sample(request.with_n(missing)))[:missing]
         self.counts["from_teacher"] += len(fresh)
         return have + self._adopt(self.key(request), fresh)  # the key again: the teacher may have switched
+
+    async def _buy_holding(self, key: bytes, request: TeacherRequest) -> list[TeacherSample]:
+        """The inner teacher's samples, renewing our lease on `key` while it works.
+
+        If the caller is cancelled meanwhile (a step abandoned because another request hit the
+        spend cap), the purchase is not: requests already sent are paid for, so they run to
+        the end and their samples are stored (and the lease dropped) when they arrive.
+        """
+        task = asyncio.ensure_future(self.inner.sample(request))  # type: ignore[union-attr]
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.lease_s / 3)  # type: ignore[operator]
+                if done:
+                    return task.result()[: request.n]
+                await asyncio.to_thread(self._lease_call, "renew", [key])
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._adopt_late(key, request, t))  # runs soon if already done
+            raise
+
+    def _adopt_late(self, key: bytes, request: TeacherRequest, task: asyncio.Future) -> None:
+        """Store what an abandoned purchase bought (see `_buy_holding`)."""
+        fresh = [] if task.cancelled() or task.exception() is not None else task.result()[: request.n]
+        if self._writer is not None:
+            self.counts["from_teacher"] += len(fresh)
+            self._adopt(self.key(request), fresh, release=[(key, self.session)])
+
+    async def _serve_stored(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
+        """Up to n samples already stored (or queued for storing) under `key`."""
+        stored = await self._lookup(key, state)
+        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
+        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
+            seen = {e.uid for e in pool}
+            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, cached=True))
+                     for e in self._writer.pending_for(key) if e.uid not in seen]
+            pool = pool[: request.n]
+        for e in pool:
+            self._remember_entry(e)
+        return [e.sample for e in pool]
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -291,6 +375,10 @@ class CachedTeacher:
                 self._writer = None
             if self.store is not None:
                 self.store.close()
+            with self._lease_lock:
+                if self._leases is not None:
+                    self._leases.close()
+                    self._leases = None
 
     # --- samples by id (for the episode recorder) --------------------------------------------
     def entries_for(self, cache_ids: Sequence[str]) -> dict[str, Entry]:
@@ -302,7 +390,7 @@ class CachedTeacher:
         return out
 
     # --- internals ------------------------------------------------------------------------------
-    def _adopt(self, key: bytes, fresh: list[TeacherSample]) -> list[TeacherSample]:
+    def _adopt(self, key: bytes, fresh: list[TeacherSample], release: Sequence[tuple[bytes, str]] = ()) -> list[TeacherSample]:
         now = self.clock()
         entries = []
         # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
@@ -311,8 +399,8 @@ class CachedTeacher:
             entries.append(Entry(key, uid, now, s))
         for e in entries:
             self._remember_entry(e)
-        if self._writer is not None and entries:
-            self._writer.submit(entries)
+        if self._writer is not None and (entries or release):
+            self._writer.submit(entries, release)
         return [e.sample for e in entries]
 
     def _remember_entry(self, entry: Entry) -> None:
@@ -343,6 +431,39 @@ class CachedTeacher:
         for k, fut in batch:
             if not fut.done():
                 fut.set_result(found.get(k, ()))
+
+    async def _claim(self, key: bytes, state: _LoopState) -> float | None:
+        """Claim `key` (None: ours now; else when the other holder's lease ends). Claims queued
+        in one loop turn share one transaction."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        state.claims.append((key, fut))
+        if not state.claim_scheduled:
+            state.claim_scheduled = True
+            loop.call_soon(self._run_claims, state)
+        return await fut
+
+    def _run_claims(self, state: _LoopState) -> None:
+        batch, state.claims, state.claim_scheduled = state.claims, [], False
+        done = asyncio.get_running_loop().run_in_executor(None, self._lease_call, "claim", [k for k, _ in batch])
+
+        def deliver(f: asyncio.Future) -> None:
+            exc = f.exception()
+            for k, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc) if exc is not None else fut.set_result(f.result()[k])
+
+        done.add_done_callback(deliver)
+
+    def _lease_call(self, what: str, keys: list[bytes]) -> Any:
+        with self._lease_lock:
+            if self._leases is None:
+                return {k: None for k in keys}
+            if what == "claim":
+                return self._leases.claim(keys, self.session, self.lease_s)  # type: ignore[arg-type]
+            if what == "renew":
+                return self._leases.renew(keys, self.session, self.lease_s)  # type: ignore[arg-type]
+            return self._leases.release(keys, self.session)
 
     def _raise_writer_error(self) -> None:
         if self._writer is not None and self._writer.error is not None:

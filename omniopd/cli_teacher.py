@@ -61,7 +61,7 @@ def format_report(teacher, samples, identity: dict, prefix: str, totals: dict | 
 
 def run(args: argparse.Namespace) -> int:
     from providers.base import Message, TeacherRequest
-    from providers.registry import build_teacher
+    from omniopd.teachers import build_teacher
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = dataclasses.replace(config_from_args(args).teacher, no_fallback=True)

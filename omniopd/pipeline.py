@@ -278,6 +278,7 @@ class Pipeline:
         self.progress = progress
         self.extra_stages = list(extra_stages or [])
         self.teacher_samples_total = 0
+        self.samples_by_teacher: dict[str, int] = {}  # who wrote the samples (an API teacher, its fallback)
         self.loop = loop if loop is not None else process_loop()
         # phi runs here, one chunk at a time, never on the event loop (embedders are CPU/GPU work)
         self._scorer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniopd-phi")
@@ -364,6 +365,10 @@ class Pipeline:
         m.update(scatter_advantages(state))
         m.update(teacher_metrics(state.chunks))
         self.teacher_samples_total += int(m["teacher_samples"])
+        for c in state.chunks:
+            for smp in c.samples:
+                name = smp.teacher or "unknown"
+                self.samples_by_teacher[name] = self.samples_by_teacher.get(name, 0) + 1
         m["teacher_cost_usd_total"] = self.spent_usd
         m["replay_missed_forks"] = float(self.replay_missed_forks)
         for k in ("pihat_mean", "pihat_min", "pihat_max", "k_over_n_mean", "pibar_mean"):
@@ -428,6 +433,8 @@ def episode_dict(rollouts: Rollouts, starts: list[list[int]], chunks: list[Chunk
                 "sample_ids": [s.cache_id for s in c.samples],
                 "teachers": [s.teacher for s in c.samples],
                 "phi": c.phi, "k": sum(c.phi), "n_eff": len(c.phi), "pibar": c.pibar, "pihat": c.pihat,
+                # each sample was cut to a prefix of this many characters before phi (what phi saw)
+                "compared_chars": [len(t) for t in c.teacher_texts],
             }
             for c in chunks
         ],

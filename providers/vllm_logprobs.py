@@ -18,7 +18,6 @@ to one loop for the run's whole life.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -41,7 +40,9 @@ class OpenAICompatPromptLogprobs:
         self.model = model
         self.spec = spec or f"openai-compatible:{model}"
         self.base_url = base_url.rstrip("/")
-        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # vLLM without --api-key accepts any
+        # given by the caller (omniopd/teachers.py: OPENAI_COMPATIBLE_API_KEY), never read here and
+        # never another provider's; vLLM without --api-key accepts any
+        self._key = api_key or "EMPTY"
         self.client = client or openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
                                                    timeout=timeout_s)
         self.http = http or httpx.Client(timeout=timeout_s)
@@ -57,7 +58,8 @@ class OpenAICompatPromptLogprobs:
         try:
             r = self.http.post(f"{root}/tokenize", json={"model": self.model, "prompt": probe, "add_special_tokens": False})
         except httpx.HTTPError as exc:
-            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({exc})") from exc
+            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({type(exc).__name__}); check that "
+                                          "the server runs and --teacher-base-url", provider="openai-compatible") from None
         if r.status_code == 404:
             raise TeacherAccessError(
                 f"{self.spec}: the server has no /tokenize endpoint, so omniopd cannot check that it shares the "

@@ -108,7 +108,7 @@ class LabContext:
         if name not in self.phis:
             from omniopd.similarity import build_similarity
 
-            self.phis[name] = build_similarity(name)
+            self.phis[name] = build_similarity(name, tokenizer=self.tokenizer)
         return self.phis[name]
 
     def local_teacher(self):

@@ -6,7 +6,9 @@ method, all math delegated to the pure modules next to this one:
 
 | method  | teacher access     | advantages A_t                                 | extras                          |
 | ------- | ------------------ | ---------------------------------------------- | ------------------------------- |
-| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate)      | KL anchor on unaudited tokens   |
+| omniopd | text (any teacher) | pihat on audited tokens (x verifier gate),     | KL anchor on unaudited tokens;  |
+|         |                    | minus a baseline (--pihat-baseline)            | fork-imitation and draft rows   |
+|         |                    |                                                | (methods/blackbox.py)           |
 | opd     | white-box          | log pi_T - log pi_old                          | -                               |
 | sg-opd  | white-box + verif. | lambda_t * (log pi_T - log pi_old); 1 on       | teacher rows in the cold start  |
 |         |                    | verified teacher rows                          |                                 |
@@ -29,9 +31,10 @@ from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
 from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods import opd, sg_opd, tropd
+from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
-from omniopd.methods.verifier_gate import gated_advantages_B_T
+from omniopd.methods.verifier_gate import gated_advantages_B_T, verdict_scale_B
 from omniopd.rollouts import Rollouts
 from providers.base import TeacherRequest
 from providers.local import messages_from_chat
@@ -49,6 +52,7 @@ class ScoredBatch:
     audit_mask_B_T: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    student_rows: int | None = None  # rows past this were appended by a signal: not in the loss normaliser
 
 
 class MethodSignals:
@@ -82,6 +86,10 @@ class MethodSignals:
             raise ValueError(f"method {self.method} needs a white-box teacher (providers.whitebox.whitebox_for)")
         if self.method in ("sg-opd", "tropd") and teacher is None:
             raise ValueError(f"method {self.method} samples teacher completions: pass teacher=")
+        self.blackbox = None
+        if self.method == "omniopd" and blackbox_enabled(cfg):
+            self.blackbox = BlackBoxSignals(cfg, tokenizer, group_size=group_size, max_new_tokens=max_new_tokens,
+                                            phi=pipeline.phi, trim_slack=pipeline.trim_slack, temperature=temperature)
 
     @property
     def needs_ids(self) -> bool:
@@ -97,7 +105,7 @@ class MethodSignals:
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
         if self.method == "omniopd":
-            return self._omniopd(rollouts, golds, step)
+            return self._omniopd(rollouts, golds, step, student)
         if self.method == "opd":
             out = self._opd(rollouts)
         elif self.method == "sg-opd":
@@ -117,20 +125,30 @@ class MethodSignals:
         if self.method == "omniopd":
             pending = self.pipeline.start(rollouts, step)
             # finished when the learner takes it: `step` is then the optimizer step that trains on it
-            return lambda step=None: self._omniopd_scored(self.pipeline.finish(pending, step=step), rollouts, golds)
+            return lambda step=None: self._omniopd_scored(self.pipeline.finish(pending, step=step), rollouts, golds, student)
         out = self.score(rollouts, golds, step, student)
         return lambda step=None: out
 
-    def _omniopd(self, rollouts, golds, step) -> ScoredBatch:
-        return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds)
+    def _omniopd(self, rollouts, golds, step, student) -> ScoredBatch:
+        return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds, student)
 
-    def _omniopd_scored(self, audit, rollouts, golds) -> ScoredBatch:
+    def _omniopd_scored(self, audit, rollouts, golds, student) -> ScoredBatch:
         rollouts = audit.rollouts or rollouts
         adv, metrics = audit.advantages_B_T, dict(audit.metrics)
+        v = None
         if self.cfg.verifier_gate:
             v = verdicts_B(self.verifier, rollouts.completions, golds)
-            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
             metrics.update(_verdict_metrics(v))
+        if self.blackbox is not None:  # baseline, drafts, fork imitation (issue 9)
+            scale = None if v is None else verdict_scale_B(v, self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+            if audit.extra:
+                raise ValueError("the black-box signals append rows; per-row extras from pipeline stages "
+                                 f"({', '.join(audit.extra)}) cannot be extended to them yet")
+            bb = self.blackbox.score(audit, rollouts, student, scale)
+            metrics.update(bb.metrics)
+            return ScoredBatch(bb.rollouts, bb.advantages_B_T, bb.audit_mask_B_T, metrics=metrics, student_rows=bb.student_rows)
+        if v is not None:
+            adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
         return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, extra=dict(audit.extra), metrics=metrics)
 
     def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
