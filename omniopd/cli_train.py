@@ -30,11 +30,13 @@ class _Once(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
+        decided = getattr(record, "_omniopd_once", None)
+        if decided is not None:  # one filter sits on several handlers: one decision per record
+            return decided
         key = (record.name, str(record.msg))
-        if key in self.seen:
-            return False
+        record._omniopd_once = key not in self.seen
         self.seen.add(key)
-        return True
+        return record._omniopd_once
 
 
 def quiet_console() -> None:
