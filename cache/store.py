@@ -507,26 +507,35 @@ class SampleStore:
                 (run, self.clock(), json.dumps(meta, sort_keys=True, default=str)),
             )
 
-    def put_episode(self, run: str, step: int, data: bytes, samples: Sequence[Entry] = ()) -> None:
-        """Store one step's episode and the samples it used, in one transaction (replaces that step)."""
+    def put_episode(self, run: str, step: int, data: bytes, samples: Sequence[Entry] = (), rank: int = 0) -> None:
+        """Store one process's episode of a step and the samples it used, in one transaction (replaces it)."""
         with self._transaction(doing=f"recording step {step}") as conn:
             self._insert(conn, samples)
             conn.execute(
-                "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?)", (run, int(step), self.clock(), sqlite3.Binary(data))
+                "INSERT OR REPLACE INTO episodes (run, step, rank, created, data) VALUES (?, ?, ?, ?, ?)",
+                (run, int(step), int(rank), self.clock(), sqlite3.Binary(data)),
             )
 
     def runs(self) -> list[tuple[str, float, dict[str, Any]]]:
         return [(r, c, json.loads(m)) for r, c, m in self._read("SELECT run, created, meta FROM runs ORDER BY created")]
 
     def episode_steps(self, run: str) -> list[int]:
-        return [r[0] for r in self._read("SELECT step FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes")]
+        return [r[0] for r in self._read("SELECT DISTINCT step FROM episodes WHERE run = ? ORDER BY step", (run,),
+                                         "reading episodes")]
 
-    def episode_blob(self, run: str, step: int) -> bytes | None:
-        rows = self._read("SELECT data FROM episodes WHERE run = ? AND step = ?", (run, int(step)), "reading an episode")
+    def episode_entries(self, run: str) -> list[tuple[int, int]]:
+        """(step, rank) of every recorded episode of `run`, in step then rank order."""
+        return [(s, r) for s, r in self._read("SELECT step, rank FROM episodes WHERE run = ? ORDER BY step, rank", (run,),
+                                              "reading episodes")]
+
+    def episode_blob(self, run: str, step: int, rank: int = 0) -> bytes | None:
+        rows = self._read("SELECT data FROM episodes WHERE run = ? AND step = ? AND rank = ?", (run, int(step), int(rank)),
+                          "reading an episode")
         return bytes(rows[0][0]) if rows else None
 
     def episode_blobs(self, run: str) -> Iterator[tuple[int, bytes]]:
-        for step, data in self._read("SELECT step, data FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes"):
+        for step, data in self._read("SELECT step, data FROM episodes WHERE run = ? ORDER BY step, rank", (run,),
+                                     "reading episodes"):
             yield step, bytes(data)
 
     # --- inspection ------------------------------------------------------------------------

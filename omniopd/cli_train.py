@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from omniopd.config_flags import add_config_flags, config_from_args
@@ -28,24 +29,25 @@ class _Once(logging.Filter):
         self.seen: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        decided = getattr(record, "_omniopd_once", None)
-        if decided is not None:  # one filter sits on several handlers: one decision per record
-            return decided
+        if record.levelno < logging.WARNING or getattr(record, "_omniopd_once", None) is self:
+            return True  # the same record reaching a second handler is not a repeat
         key = (record.name, str(record.msg))
-        record._omniopd_once = key not in self.seen
+        if key in self.seen:
+            return False
         self.seen.add(key)
-        return record._omniopd_once
+        record._omniopd_once = self
+        return True
 
 
-def quiet_console() -> None:
+@contextlib.contextmanager
+def quiet_console():
     """The console of a run: our log lines, one progress bar, each warning once (Python's
     `warnings` already show once per place; library deprecation notices are off, `omniopd.cli`).
 
     Model loading/saving bars ("Loading weights", "Writing model shards") are off through
     huggingface_hub's switch, which transformers' bars follow; TRL's per-step dict and the
-    per-rollout bars are handled by the trainer setup (`omniopd.run_log.quiet_console`).
+    per-rollout bars are handled by the trainer setup (`omniopd.run_log.quiet_console`). The
+    once-filter lives for the run only, so a later run in the same process shows its own warnings.
     """
     import os
 
@@ -54,16 +56,21 @@ def quiet_console() -> None:
     for noisy in ("httpx", "httpx2", "httpcore", "sentence_transformers", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     once = _Once()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(once)
-    logging.getLogger("transformers").addFilter(once)  # its records that reach its own handler
+    targets = [*logging.getLogger().handlers, logging.getLogger("transformers")]  # its own handler's records too
+    for t in targets:
+        t.addFilter(once)
+    try:
+        yield
+    finally:
+        for t in targets:
+            t.removeFilter(once)
 
 
 def run(args: argparse.Namespace) -> int:
     from omniopd.train import run_train, summarize
 
-    quiet_console()
     cfg = config_from_args(args)
-    result = run_train(cfg)
+    with quiet_console():
+        result = run_train(cfg)
     print(summarize(result))
     return 0

@@ -1,9 +1,11 @@
 """The process's one asyncio event loop, on a thread of its own (DESIGN §2: one loop per process).
 
-The training entry point (`omniopd.train.run_train`) creates one `EventLoop` and hands it to
-everything that talks to a teacher: the pipeline, the method signals and the vLLM scorer.
-API clients, rate limiters and the sample cache's per-key locks are then created on, and stay
-bound to, a single loop for the run's whole life — so nothing needs per-loop state.
+`process_loop()` is that loop: started on first use (never at import), stopped at exit. The
+entry points (`omniopd.train.run_train`, `omniopd teacher`) take it and hand it to everything
+that talks to a teacher: the pipeline, the method signals and the vLLM scorer. API clients,
+the shared rate limiters (`providers.limits.default_registry`) and the sample cache's per-key
+locks are then created on, and stay bound to, one loop for the process's whole life — so
+nothing needs per-loop state, and several runs in one process (the lab, tests) share it.
 
 The loop runs on a daemon thread, not on the caller's: the trainer's thread stays free to
 generate rollouts or take an optimizer step while teacher requests are in flight (that is
@@ -17,6 +19,7 @@ Coroutines run here must not block the loop with CPU work; hand such work to a t
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 from collections.abc import Coroutine
@@ -78,3 +81,17 @@ class EventLoop:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_PROCESS: EventLoop | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_loop() -> EventLoop:
+    """The process's one event loop (started on first call; closed at interpreter exit, not before)."""
+    global _PROCESS
+    with _PROCESS_LOCK:
+        if _PROCESS is None or _PROCESS.closed:
+            _PROCESS = EventLoop()
+            atexit.register(_PROCESS.close)
+        return _PROCESS

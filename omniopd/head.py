@@ -43,12 +43,47 @@ class HeadTerms:
     ids_logp_N_K: torch.Tensor | None
 
 
+@dataclass
+class HeadRequest:
+    """What the learner asks of a patched model forward (`omniopd.learner.add_head_output`).
+
+    The head runs inside the model's forward so that DDP / DeepSpeed / FSDP see the head weight
+    used there (DDP marks parameters unused at the end of forward otherwise). `valid_B_T` marks
+    the completion tokens to score (T = its width: the last T + 1 positions predict them);
+    `hidden_only` returns those positions' hidden states (N, H) instead (the reference).
+    """
+
+    valid_B_T: torch.Tensor
+    targets_N: torch.Tensor | None = None
+    temperature: float = 1.0
+    hidden_only: bool = False
+    ref_hidden_N_H: torch.Tensor | None = None
+    ref_weight_V_H: torch.Tensor | None = None
+    ref_bias_V: torch.Tensor | None = None
+    kl_mask_N: torch.Tensor | None = None
+    ids_N_K: torch.Tensor | None = None
+
+    def run(self, hidden_B_L_H: torch.Tensor, weight_V_H: torch.Tensor, bias_V: torch.Tensor | None):
+        T = self.valid_B_T.size(1)
+        hidden_N_H = hidden_B_L_H[:, -T - 1:-1][self.valid_B_T]
+        if self.hidden_only:
+            return hidden_N_H
+        return head_terms(hidden_N_H, weight_V_H, self.targets_N, bias_V=bias_V, ref_hidden_N_H=self.ref_hidden_N_H,
+                          ref_weight_V_H=self.ref_weight_V_H, ref_bias_V=self.ref_bias_V, kl_mask_N=self.kl_mask_N,
+                          ids_N_K=self.ids_N_K, temperature=self.temperature)
+
+
 def _gather_ctx(weight, bias):
     try:  # ZeRO-3 partitions the head outside its module's forward; TRL's helper gathers it
         from trl.trainer.utils import maybe_gather_lm_head_ctx
     except ImportError:  # pragma: no cover - older TRL
         return nullcontext()
     return maybe_gather_lm_head_ctx(weight, bias)
+
+
+def _no_autocast(device: torch.device):
+    """The head's arithmetic stays fp32 inside a bf16/fp16 autocast region (the model forward runs in one)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def _full(t):
@@ -84,7 +119,8 @@ class _SlicedHead(torch.autograd.Function):
         kl = torch.zeros(N, device=dev) if has_ref else None
         ref_log_z = torch.zeros(N, device=dev) if has_ref else None
         ids_logp = None if ids_N_K is None else torch.empty(ids_N_K.shape, device=dev)
-        with _gather_ctx(weight_V_H, bias_V), (_gather_ctx(ref_weight_V_H, ref_bias_V) if has_ref else nullcontext()):
+        with _gather_ctx(weight_V_H, bias_V), (_gather_ctx(ref_weight_V_H, ref_bias_V) if has_ref else nullcontext()), \
+                _no_autocast(dev):
             w, b = _full(weight_V_H).float(), None if bias_V is None else _full(bias_V).float()
             if has_ref:
                 rw, rb = _full(ref_weight_V_H).float(), None if ref_bias_V is None else _full(ref_bias_V).float()
@@ -128,7 +164,7 @@ class _SlicedHead(torch.autograd.Function):
         inv_t, S = 1.0 / ctx.temperature, ctx.slice_tokens
         use_kl = g_kl is not None and ref_hidden is not None
         grad_h = torch.zeros(hidden.shape, device=dev, dtype=torch.float32) if need_h else None
-        with _gather_ctx(weight, bias), (_gather_ctx(ref_weight, ref_bias) if use_kl else nullcontext()):
+        with _gather_ctx(weight, bias), (_gather_ctx(ref_weight, ref_bias) if use_kl else nullcontext()), _no_autocast(dev):
             w, b = _full(weight).float(), None if bias is None else _full(bias).float()
             grad_w = torch.zeros(w.shape, device=dev, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros(w.size(0), device=dev, dtype=torch.float32) if need_b else None

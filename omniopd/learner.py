@@ -45,7 +45,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
-from omniopd.head import head_terms
+from omniopd.head import HeadRequest
 from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
 from omniopd.methods.signals import MethodSignals, ScoredBatch
@@ -99,10 +99,10 @@ class OmniOPDTrainer(GRPOTrainer):
         # started batches, oldest first: (global step when sampled, callable that finishes its scoring)
         self._ahead: collections.deque[tuple[int, Callable[[], ScoredBatch]]] = collections.deque()
         self._uses_peft = hasattr(self.model, "disable_adapter")
-        add_hidden_state_output(self.model.get_base_model() if self._uses_peft else self.model)
+        add_head_output(self.model.get_base_model() if self._uses_peft else self.model)
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
-            add_hidden_state_output(ref_model)
+            add_head_output(ref_model)
             ref_model = self._prepare_reference(ref_model)
         self.omni_ref_model = ref_model
 
@@ -164,13 +164,15 @@ class OmniOPDTrainer(GRPOTrainer):
             # then weighs each token by the clipped ratio pi_theta / pi_behaviour, which corrects
             # for rollouts reused (num_iterations) or sampled steps ago (--async-steps).
             out["old_per_token_logps"] = out["behaviour_logps"]
+        local = {f"omniopd/{name}": value for name, value in audit.metrics.items()}
+        local.update({"omniopd/rollout_seconds": t1 - t0, "omniopd/rollout_staleness": float(self.state.global_step - sampled_at),
+                      "omniopd/audit_seconds": t2 - t1,
+                      "completions/mean_length": float(n_tokens) / max(1, student_rows)})
+        if self.pipeline is not None:
+            local["omniopd/teacher_samples_total"] = float(self.pipeline.teacher_samples_total)
         m = self._metrics[mode]
-        for name, value in audit.metrics.items():
-            m[f"omniopd/{name}"].append(value)
-        m["omniopd/rollout_seconds"].append(t1 - t0)
-        m["omniopd/rollout_staleness"].append(float(self.state.global_step - sampled_at))
-        m["omniopd/audit_seconds"].append(t2 - t1)
-        m["completions/mean_length"].append(float(n_tokens) / max(1, student_rows))
+        for name, value in reduce_over_processes(local, self.accelerator).items():
+            m[name].append(value)
         return out
 
     def _vllm_rollouts(self, student, prompts) -> Rollouts:
@@ -210,12 +212,14 @@ class OmniOPDTrainer(GRPOTrainer):
             if self.async_steps == 0:
                 scored = self.method.score(rollouts, golds, step, student)
                 return lambda: scored
-            return self.method.start(rollouts, golds, step, student)
+            finish = self.method.start(rollouts, golds, step, student)
+            return lambda: finish(step=self.state.global_step)
         if self.async_steps == 0:
             audit = self.pipeline.audit(rollouts, step=step)
             return lambda: self._scored(audit, rollouts)
         pending = self.pipeline.start(rollouts, step=step)
-        return lambda: self._scored(self.pipeline.finish(pending), rollouts)
+        # finished when a step takes it: the episode is recorded under the step that trains on it
+        return lambda: self._scored(self.pipeline.finish(pending, step=self.state.global_step), rollouts)
 
     @staticmethod
     def _scored(audit, rollouts) -> ScoredBatch:
@@ -251,26 +255,23 @@ class OmniOPDTrainer(GRPOTrainer):
     def _token_terms_B_T(self, model, inputs) -> dict[str, torch.Tensor]:
         """(B, T) log pi(y_t), entropy, KL(pi_ref || pi) on anchored tokens, log pi at a method's ids.
 
-        One forward of the policy's backbone; the head is applied in slices (`omniopd.head`), so no
-        (B, T, V) tensor exists. The reference (the adapter disabled under LoRA, else the frozen
-        copy) runs one no-grad forward only when the anchor is on.
+        One forward of the policy (through its DDP/DeepSpeed/FSDP wrapper) that applies the head
+        in slices (`omniopd.head`), so no (B, T, V) tensor exists. The reference (the adapter
+        disabled under LoRA, else the frozen copy) runs one no-grad forward when the anchor is on.
         """
-        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        completion_ids = inputs["completion_ids"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        T = completion_ids.size(1)
         valid = inputs["completion_mask"].bool()
-        hidden = self._hidden_B_T_H(model, input_ids, attention_mask, T)
-        weight, bias = _head_params(self.accelerator.unwrap_model(model))
-        kw: dict[str, Any] = {}
+        req = HeadRequest(valid, targets_N=completion_ids[valid], temperature=self.temperature)
         if self.kl_beta > 0:
-            ref_hidden, ref_weight, ref_bias = self._reference_hidden_B_T_H(input_ids, attention_mask, T)
-            kw.update(ref_hidden_N_H=ref_hidden[valid], ref_weight_V_H=ref_weight, ref_bias_V=ref_bias,
-                      kl_mask_N=(~inputs["audit_mask"].bool())[valid])
+            req.ref_hidden_N_H, req.ref_weight_V_H, req.ref_bias_V = self._reference_hidden(input_ids, attention_mask, valid)
+            req.kl_mask_N = (~inputs["audit_mask"].bool())[valid]
         ids = None if self.method is None else self.method.head_ids_B_T_K(inputs)
         if ids is not None:
-            kw["ids_N_K"] = ids[valid]
-        out = head_terms(hidden[valid], weight, completion_ids[valid], bias_V=bias, temperature=self.temperature, **kw)
+            req.ids_N_K = ids[valid]
+        with self.accelerator.autocast():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
         terms = {"logp": _unflatten(out.logp_N, valid), "entropy": _unflatten(out.entropy_N, valid)}
         if out.kl_N is not None:
             terms["kl"] = _unflatten(out.kl_N, valid)
@@ -278,21 +279,17 @@ class OmniOPDTrainer(GRPOTrainer):
             terms["ids_logp"] = _unflatten(out.ids_logp_N_K, valid)
         return terms
 
-    def _hidden_B_T_H(self, model, input_ids, attention_mask, T: int) -> torch.Tensor:
-        """Final hidden states at the positions that predict the T completion tokens."""
-        with self.accelerator.autocast():
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask, omniopd_hidden=True)
-        return hidden[:, -T - 1:-1]
-
     @torch.no_grad()
-    def _reference_hidden_B_T_H(self, input_ids, attention_mask, T: int):
-        """(hidden, head weight, head bias) of pi_ref on the completion positions."""
+    def _reference_hidden(self, input_ids, attention_mask, valid_B_T):
+        """(hidden (N, H), head weight, head bias) of pi_ref at the positions predicting the valid tokens."""
+        req = HeadRequest(valid_B_T, hidden_only=True)
         if self._uses_peft:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with unwrapped.disable_adapter():
-                hidden = self._hidden_B_T_H(self.model, input_ids, attention_mask, T)
+            with unwrapped.disable_adapter(), self.accelerator.autocast():
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
             return (hidden, *_head_params(unwrapped))
-        hidden = self._hidden_B_T_H(self.omni_ref_model, input_ids, attention_mask, T)
+        with self.accelerator.autocast():
+            hidden = self.omni_ref_model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
         return (hidden, *_head_params(self.accelerator.unwrap_model(self.omni_ref_model)))
 
     def _log_loss_stats(self, mode, stats, terms, mask, gate, has_extra: bool, inputs) -> None:
@@ -333,6 +330,38 @@ class OmniOPDTrainer(GRPOTrainer):
         return normalizer
 
 
+# Audit metrics that count things (or money) per process: summed over processes; seconds: the
+# slowest process; everything else (means, shares, minima of a step) is averaged.
+_SUMMED = ("forks", "forks_requested", "teacher_samples", "teacher_samples_total", "teacher_failed_chunks",
+           "teacher_cost_usd", "teacher_cost_usd_total", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
+           "replay_missed_forks_step", "teacher_scored_tokens", "sg_teacher_rows", "sg_teacher_offered",
+           "tropd_guided_rows", "tropd_prefix_tokens", "verifier_judged")
+
+
+def reduce_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """One step's per-process metrics made global: sums for counts, max for seconds, else the mean.
+
+    Every rank gets the same values, so whichever rank writes metrics.jsonl writes the run's.
+    Uses `gather_object` (the key sets may differ between ranks, e.g. a method's optional stats).
+    """
+    if accelerator.num_processes == 1:
+        return dict(metrics)
+    from accelerate.utils import gather_object
+
+    per_rank = gather_object([metrics])
+    out: dict[str, float] = {}
+    for key in sorted({k for d in per_rank for k in d}):
+        values = [float(d[key]) for d in per_rank if key in d]
+        name = key.split("/", 1)[-1]
+        if name in _SUMMED:
+            out[key] = sum(values)
+        elif name.endswith("_seconds"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def _unflatten(values_N: torch.Tensor, valid_B_T: torch.Tensor) -> torch.Tensor:
     """Back to (B, T[, K]) with zeros where `valid_B_T` is False (differentiable in `values_N`)."""
     shape = (*valid_B_T.shape, *values_N.shape[1:])
@@ -348,20 +377,21 @@ def _head_params(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
-def add_hidden_state_output(model) -> None:
-    """Let `model(..., omniopd_hidden=True)` return the backbone's last hidden state (B, L, H).
+def add_head_output(model) -> None:
+    """Let `model(..., omniopd_head=HeadRequest(...))` run the backbone and then our sliced head.
 
-    The learner calls the (DDP/DeepSpeed/FSDP-wrapped) model so the wrapper's hooks run, then
-    applies the head itself in slices. Other calls (generation) are unchanged. Same technique as
-    TRL's `add_fused_lm_head`, layered on top of it.
+    The learner calls the (DDP/DeepSpeed/FSDP-wrapped) model so the wrapper's hooks run and the
+    head weight is used inside forward; other calls (generation) are unchanged. The same
+    technique as TRL's `add_fused_lm_head`, layered on top of it.
     """
     forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def _forward(self, *args, omniopd_hidden=False, **kwargs):
-        if not omniopd_hidden:
+    def _forward(self, *args, omniopd_head=None, **kwargs):
+        if omniopd_head is None:
             return forward(*args, **kwargs)
         kwargs["use_cache"] = False
-        return self.base_model(*args, **kwargs).last_hidden_state
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        return omniopd_head.run(hidden, *_head_params(self))
 
     model.forward = types.MethodType(_forward, model)

@@ -28,7 +28,7 @@ other; only `Pipeline.start` / `Pipeline.finish` know the order.
   and the audited-token mask.
 - `record_episode`: the step as an episode for offline replay (cache/).
 
-Who owns what: the event loop is the process's one loop (`omniopd.event_loop.EventLoop`),
+Who owns what: the event loop is the process's one loop (`omniopd.event_loop.process_loop()`),
 handed in by the training entry point; spend and the replay-miss policy are teacher wrappers
 (`cache/policies.py`), so the pipeline only asks the spend limit whether a step may start.
 
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from cache.policies import ReplayMisses, SpendLimit
 from omniopd.errors import CacheMissError, TeacherResponseError, TeacherUnavailableError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import EventLoop, process_loop
 from omniopd.rollouts import Rollouts
 from omniopd.scoring import k_F, pibar_F, pihat_F, trim_to_chars
 from omniopd.similarity import PhiFn
@@ -258,8 +258,8 @@ def record_episode(state: AuditState, recorder: EpisodeRecorder | None) -> dict[
 class Pipeline:
     """Audits a batch of rollouts: see the module docstring.
 
-    `loop` is the process's event loop (the training entry point passes its own); without one
-    the pipeline starts one and closes it with itself (standalone use: tests, notebooks).
+    `loop` is the event loop teacher calls run on: by default the process's one
+    (`omniopd.event_loop.process_loop`), which the pipeline uses but never closes.
     `max_usd` and `skip_missing` configure the teacher wrappers it puts around `teacher`.
     """
 
@@ -284,8 +284,7 @@ class Pipeline:
         self.extra_stages = list(extra_stages or [])
         self.teacher_samples_total = 0
         self.samples_by_teacher: dict[str, int] = {}  # who wrote the samples (an API teacher, its fallback)
-        self._own_loop = loop is None
-        self.loop = loop if loop is not None else EventLoop()
+        self.loop = loop if loop is not None else process_loop()
         # phi runs here, one chunk at a time, never on the event loop (embedders are CPU/GPU work)
         self._scorer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniopd-phi")
         self._inflight: set[concurrent.futures.Future] = set()  # started rows not yet answered
@@ -309,8 +308,6 @@ class Pipeline:
         self._scorer.shutdown(wait=True)
         if not self.loop.closed:
             self.loop.run(self.teacher.aclose())
-        if self._own_loop:
-            self.loop.close()
 
     # -- the step ---------------------------------------------------------------------------
     def audit(self, rollouts: Rollouts, step: int) -> AuditResult:
@@ -343,9 +340,15 @@ class Pipeline:
             pending.bar.refresh()
         return pending
 
-    def finish(self, pending: PendingAudit) -> AuditResult:
-        """Wait for the step's samples, then pihat, extra stages, scatter, metrics, episode."""
+    def finish(self, pending: PendingAudit, step: int | None = None) -> AuditResult:
+        """Wait for the step's samples, then pihat, extra stages, scatter, metrics, episode.
+
+        `step` is the optimizer step that trains on this batch (default: the one it was started
+        at); the episode is recorded under it, so a replay meets the batches in training order.
+        """
         state = pending.state
+        if step is not None:
+            state.step = step
         t_wait = time.perf_counter()
         try:
             results = [f.result() for f in pending.rows]  # (teacher seconds, scorer seconds) per row

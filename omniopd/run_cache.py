@@ -27,6 +27,7 @@ from cache.paths import resolve_cache_path
 from cache.teacher import CachedTeacher
 from omniopd.config import TrainConfig
 from omniopd.errors import ConfigError, ReplayError
+from omniopd.processes import process_rank
 from omniopd.rollouts import Rollouts, pad_rows_B_T
 from providers.base import Teacher
 
@@ -34,23 +35,33 @@ log = logging.getLogger("omniopd")
 
 
 class ReplayRollouts:
-    """Recorded rollouts, in step order, rebuilt as the `Rollouts` the pipeline audits."""
+    """Recorded rollouts, in step order, rebuilt as the `Rollouts` the pipeline audits.
 
-    def __init__(self, replay: Replay, tokenizer, batch_size: int) -> None:
+    A multi-process run recorded one episode per process per step; replay serves all of them:
+    the entries, in (step, rank) order, are dealt to this run's processes round-robin (`rank`
+    of `world`), so replaying with the recorded process count gives each rank its own
+    rollouts, and a single process replays every rank's (world x the recorded steps).
+    """
+
+    def __init__(self, replay: Replay, tokenizer, batch_size: int, rank: int = 0, world: int = 1) -> None:
         self.replay = replay
         self.tokenizer = tokenizer
-        self.steps = replay.steps()
-        if not self.steps:
+        self.entries = replay.entries()[rank::world]
+        if not self.entries:
             raise ReplayError(f"--replay {replay.path}: the run recorded no steps")
         self.batch_size = batch_size
 
+    @property
+    def steps(self) -> list[int]:
+        return [s for s, _ in self.entries]
+
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self.entries)
 
     def episode(self, index: int) -> dict[str, Any]:
-        if index >= len(self.steps):
-            raise ReplayError(f"--replay: the recorded run has {len(self.steps)} steps; asked for step {index + 1} (lower --max-steps)")
-        return self.replay.episode(self.steps[index])
+        if index >= len(self.entries):
+            raise ReplayError(f"--replay: the recorded run has {len(self.entries)} steps; asked for step {index + 1} (lower --max-steps)")
+        return self.replay.episode(*self.entries[index])
 
     def rollouts(self, index: int) -> Rollouts:
         return rollouts_from_episode(self.episode(index), self.tokenizer, self.batch_size)
@@ -128,5 +139,5 @@ def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teach
             log.info("teacher-sample cache: %s (%s)", path, c.mode)
     if recorder is None and not c.no_episodes:
         meta = {"config": cfg.to_dict(), "replayed_from": str(replay.path) if replay else None}
-        recorder = EpisodeRecorder(out, teacher=teacher, meta=meta)  # type: ignore[arg-type]
+        recorder = EpisodeRecorder(out, teacher=teacher, meta=meta, rank=process_rank())  # type: ignore[arg-type]
     return RunCache(teacher, recorder, replay)

@@ -7,7 +7,8 @@ still goes to `metrics.jsonl` and to the `report_to` backends, which see TRL's l
 A `TrainerCallback`, so it sees exactly what TRL logs (and `report_to` backends get the same
 numbers). Each line has at least `step`, `reward_mean` (mean chunk weight pihat), `kl` (mean
 exact KL on unaudited tokens), `forks`, `teacher_samples`, `seconds`; the rest of TRL's and
-omniopd's metrics follow under their own names.
+omniopd's metrics follow under their own names. In a multi-process run the values are the
+run's (reduced over processes by the learner) and only rank 0 writes and prints.
 
 `teacher_cost_usd_total` is the run's spend ledger (`omniopd/ledger.py`): every dollar the run
 paid, across `--resume` and all ranks. `teacher_samples_total` continues across `--resume`:
@@ -87,15 +88,19 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs and not any(k.startswith("omniopd/") for k in logs):
             return  # the end-of-training summary log, not a step
+        if not state.is_world_process_zero:
+            return  # values are reduced over processes by the learner; rank 0 writes them once
         now = self.clock()
         row = {"step": state.global_step}
         for key, src in _CONTRACT.items():
             row[key] = float(logs.get(src, 0.0))
         row["seconds"] = now - (self._last or now)
         self._last = now
-        if self.pipeline is not None:
-            row["teacher_samples_total"] = self._samples_before + self.pipeline.teacher_samples_total
-            row["teacher_cost_usd_total"] = self.ledger.spent if self.ledger is not None else self.pipeline.spent_usd
+        if self.pipeline is not None:  # the learner logs the sample count summed over processes; the ledger is global
+            row["teacher_samples_total"] = self._samples_before + logs.get("omniopd/teacher_samples_total",
+                                                                           self.pipeline.teacher_samples_total)
+            row["teacher_cost_usd_total"] = (self.ledger.spent if self.ledger is not None
+                                             else logs.get("omniopd/teacher_cost_usd_total", self.pipeline.spent_usd))
             row["teacher_samples_by_teacher"] = dict(self.pipeline.samples_by_teacher)
             row.update(self._cache_hits())
             if state.log_history:  # carried by the next checkpoint, read back on resume

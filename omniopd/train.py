@@ -28,8 +28,9 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import process_loop
 from omniopd.preflight import preflight
+from omniopd.processes import is_main_process, process_rank, world_size
 from omniopd.run_dir import RunDir, newest_checkpoint
 
 log = logging.getLogger("omniopd")
@@ -56,44 +57,81 @@ def _seed_everything(seed: int) -> None:
 
 
 def grpo_args(cfg: TrainConfig, output_dir: Path):
-    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours)."""
+    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours).
+
+    Our knobs map onto TRL's fields (README, "Training"); the `trl:` section adds any other
+    GRPOConfig field. A bad value there is a ConfigError naming `trl.<field>`.
+    """
     import torch
     from trl import GRPOConfig
 
-    L, S = cfg.learner, cfg.student
+    L, S, O = cfg.learner, cfg.student, cfg.output
     batch = L.prompts_per_step * S.generations
-    report_to = [] if cfg.output.report_to == "none" else [x.strip() for x in cfg.output.report_to.split(",")]
-    return GRPOConfig(
+    accum = L.gradient_accumulation_steps
+    if batch % accum:
+        raise ConfigError(f"learner.gradient_accumulation_steps: {accum} must divide the step's completions "
+                          f"(prompts_per_step * generations = {batch})")
+    report_to = [] if O.report_to == "none" else [x.strip() for x in O.report_to.split(",")]
+    cuda = torch.cuda.is_available()
+    if S.dtype == "fp16" and not cuda:
+        raise ConfigError("student.dtype: fp16 needs a GPU (mixed precision with a loss scaler); use bf16 or fp32 on CPU")
+    fields = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        per_device_train_batch_size=batch // accum,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
         num_generations=S.generations,
         num_iterations=L.updates_per_batch,
-        max_steps=L.max_steps,
+        max_steps=L.max_steps,  # run_train turns --num-epochs into steps
+        num_train_epochs=L.num_epochs if L.num_epochs is not None else 3.0,
         learning_rate=L.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=L.lr_scheduler,
+        warmup_steps=L.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the run
         max_grad_norm=L.max_grad_norm,
         epsilon=L.epsilon,
         beta=0.0,
         loss_type="dapo",
         temperature=S.temperature,
         max_completion_length=S.max_new_tokens,
+        gradient_checkpointing=L.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="steps" if cfg.output.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
-        save_steps=cfg.output.save_steps or 1,
-        save_total_limit=cfg.output.save_total_limit,
+        save_strategy="steps" if O.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
+        save_steps=O.save_steps or 1,
+        save_total_limit=O.save_total_limit,
         report_to=report_to,
+        run_name=O.run_name,
+        push_to_hub=O.push_to_hub,
+        hub_model_id=O.hub_model_id,
         seed=L.seed,
         data_seed=L.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=S.dtype == "bf16" or (S.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()),
+        fp16=S.dtype == "fp16",
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=cfg.output.log_completions,
+        log_completions=O.log_completions,
         **_vllm_args(S),
     )
+    fields.update(cfg.trl)
+    try:
+        return GRPOConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        names = ", ".join(f"trl.{k}" for k in cfg.trl) or "the learner settings"
+        raise ConfigError(f"trl.GRPOConfig rejected {names}: {exc}") from exc
+
+
+def epoch_steps(num_epochs: float, num_prompts: int, prompts_per_step: int) -> int:
+    """Optimizer steps for `num_epochs` passes over `num_prompts` prompts (at least 1), all processes together."""
+    import math
+
+    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world_size()))))
+
+
+def torch_dtype(name: str):
+    """The torch dtype of `student.dtype` (auto = fp32 weights)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
 
 
 def _vllm_args(S) -> dict[str, Any]:
@@ -134,7 +172,7 @@ class Parts:
     spent_usd: float = 0.0  # the ledger's total when it closed
     metrics: Any = None  # omniopd.run_log.MetricsLogger
     trainer: Any = None
-    loop: Any = None  # the process's one event loop (omniopd.event_loop): pipeline, method signals, vLLM scorer
+    loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
 
     def close(self) -> None:
         if self.pipeline is not None:
@@ -148,8 +186,6 @@ class Parts:
         if self.ledger is not None:
             self.spent_usd = self.ledger.spent
             self.ledger.close()
-        if self.loop is not None:
-            self.loop.close()
         if self.data_dir is not None:
             self.data_dir.cleanup()
 
@@ -158,6 +194,7 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
               extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
     """Run `omniopd train` with a resolved config (see module docstring): setup, train, finish."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    echo = echo and is_main_process()  # step lines and progress bars: rank 0 of a multi-process run
     preflight(cfg, teacher_given=teacher is not None)
     run_dir = RunDir.open(cfg.output.dir, resume=cfg.output.resume, max_steps=cfg.learner.max_steps)
     if run_dir.finished:
@@ -165,6 +202,9 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
                     run_dir.path, run_dir.done_steps, cfg.learner.max_steps)
         return TrainResult(run_dir.path, run_dir.final_dir, run_dir.done_steps, None, 0, 0.0)
     parts = setup_data(cfg, run_dir)
+    if cfg.learner.num_epochs is not None:  # one pass is ceil(prompts / (prompts per step * processes)) steps
+        cfg = parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(
+            cfg.learner, max_steps=epoch_steps(cfg.learner.num_epochs, len(parts.rows), cfg.learner.prompts_per_step)))
     run_dir.create(cfg)
     _seed_everything(cfg.learner.seed)
     try:
@@ -183,14 +223,17 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     directory (removed by `Parts.close`); read before any model loads, so a bad row fails fast."""
     import tempfile
 
-    from omniopd.data import prompt_dataset
+    from omniopd.data import iter_prompts, prompt_dataset
 
     d = cfg.data
+    args = (d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt)
+    # the first rows first: a malformed JSONL file fails before `datasets` (and torch) is imported
+    for _ in iter_prompts(*args[:4], min(d.limit or 64, 64), args[5], config=d.config, max_row_bytes=d.max_row_bytes):
+        pass
     tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
     try:
         with _datasets_quiet():
-            rows = prompt_dataset(tmp.name, d.path, d.prompt_field, d.answer_field, d.split, d.limit,
-                                  cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
+            rows = prompt_dataset(tmp.name, *args, config=d.config, max_row_bytes=d.max_row_bytes)
     except BaseException:
         tmp.cleanup()
         raise
@@ -215,14 +258,20 @@ def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
     """The student and its tokenizer: given in memory, or loaded from `--student`."""
     from omniopd.models import load_causal_lm
 
+    S = parts.cfg.student
+    dtype = torch_dtype(S.dtype)
     if model is None:
-        log.info("loading student %s", parts.cfg.student.model)
-        model, tokenizer = load_causal_lm(parts.cfg.student.model)
+        log.info("loading student %s", S.model)
+        model, tokenizer = load_causal_lm(S.model, dtype=dtype)
         parts.student_loaded = True
+    elif S.dtype != "auto":
+        model = model.to(dtype)
+    if parts.cfg.output.logging_dir:  # transformers 5 reads the tensorboard directory from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = parts.cfg.output.logging_dir
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     saved = parts.run_dir.path / "tokenizer"
-    if not saved.exists():  # the run's own tokenizer: report/inspect/export read token text with it
+    if not saved.exists() and is_main_process():  # the run's own tokenizer: report/inspect/export read token text with it
         tokenizer.save_pretrained(str(saved))
     parts.model, parts.tokenizer = model, tokenizer
 
@@ -245,7 +294,8 @@ def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
             raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
                               "it needs the live teacher's log-probabilities; replay with --method omniopd")
         batch = cfg.learner.prompts_per_step * cfg.student.generations
-        parts.replay_rollouts = ReplayRollouts(run_cache.replay, parts.tokenizer, batch)
+        parts.replay_rollouts = ReplayRollouts(run_cache.replay, parts.tokenizer, batch, rank=process_rank(),
+                                               world=world_size())
         recorded = len(parts.replay_rollouts)
         if cfg.learner.max_steps > recorded:
             log.warning("--replay: the recorded run has %d steps; training %d", recorded, recorded)
@@ -262,7 +312,7 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
     if cfg.learner.async_steps and parts.replay_rollouts is not None:
         raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
                           "live teacher, so there is nothing to overlap: drop --async-steps")
-    parts.loop = EventLoop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
+    parts.loop = process_loop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
             phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
@@ -363,10 +413,15 @@ def save_final(parts: Parts, result: TrainResult) -> Path:
     if adapter:
         for peft_cfg in trainer.model.peft_config.values():
             peft_cfg.base_model_name_or_path = base
-    dtype = declared_dtype(spec) if parts.student_loaded else None
+    if cfg.student.dtype != "auto":  # --dtype: saved as trained
+        dtype = torch_dtype(cfg.student.dtype)
+    else:
+        dtype = declared_dtype(spec) if parts.student_loaded else None
     if dtype is not None and next(trainer.model.parameters()).dtype != dtype:
         trainer.model.to(dtype)  # training is over; the in-memory model was loaded by us
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir))  # every rank: DeepSpeed/FSDP gather the weights; transformers writes on rank 0
+    if not is_main_process():
+        return final_dir
     parts.tokenizer.save_pretrained(str(final_dir))
     write_model_card(final_dir, cfg, base_model=base, steps=result.steps, teacher_samples=result.teacher_samples,
                      teacher_usd=result.teacher_usd, samples_by_teacher=result.samples_by_teacher, adapter=adapter,

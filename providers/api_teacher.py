@@ -201,7 +201,7 @@ class ApiTeacher:
             self._sdk, self._sdk_loop = self._make_client(), loop
         elif self._sdk_loop is not loop:
             raise RuntimeError(f"{self.spec}: this teacher's client belongs to another event loop; run every teacher "
-                               "call of a process on its one loop (omniopd.event_loop.EventLoop)")
+                               "call of a process on its one loop (omniopd.event_loop.process_loop())")
         return self._sdk
 
     def _temperature(self, request: TeacherRequest) -> dict[str, float]:

@@ -31,16 +31,3 @@ def _isolated_home(_session_home, monkeypatch):
     """OMNIOPD_HOME inside the test session's temp dir: model conversions and default caches never
     touch the user's, and the packaged GGUF is converted once per session, not once per test."""
     monkeypatch.setenv("OMNIOPD_HOME", str(_session_home))
-
-
-@pytest.fixture(autouse=True)
-def _console_filters_do_not_leak():
-    """`omniopd train` puts its warn-once filter on the root handlers; a test calling the CLI must
-    not hide a later test's warnings (caplog shares those handlers across the session)."""
-    yield
-    import logging
-
-    for handler in logging.getLogger().handlers:
-        for f in list(handler.filters):
-            if type(f).__name__ == "_Once":
-                handler.removeFilter(f)

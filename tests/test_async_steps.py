@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from omniopd.config import build_config
+from omniopd.errors import TeacherUnavailableError
 from omniopd.learner import OmniOPDTrainer
 from omniopd.pipeline import Pipeline
 from omniopd.train import run_train
@@ -40,7 +41,7 @@ class SlowTeacher:
         pass
 
 
-def _train(tmp_path, monkeypatch, async_steps, steps=4):
+def _train(tmp_path, monkeypatch, async_steps, steps=4, teacher=None):
     log = {"generated": [], "batches": [], "in_flight": [], "starts": 0, "finishes": 0}
     import omniopd.learner as learner_mod
 
@@ -84,7 +85,7 @@ def _train(tmp_path, monkeypatch, async_steps, steps=4):
     qs = ["Tom has 3 apples.", "The train leaves at noon.", "Add 7 and 5.", "Natalia sold clips."]
     data.write_text("\n".join(json.dumps({"question": q}) for q in qs))
     tok = tiny_tokenizer()
-    teacher = SlowTeacher()
+    teacher = teacher or SlowTeacher()
     values = {"data.path": str(data), "student.max_new_tokens": 12, "student.generations": 2,
               "learner.prompts_per_step": 2, "learner.max_steps": steps, "learner.learning_rate": 5e-3,
               "learner.seed": 0, "learner.async_steps": async_steps, "output.dir": str(tmp_path / f"out{async_steps}"),
@@ -114,6 +115,14 @@ def test_async_one_step_trains_on_rollouts_at_most_one_step_stale(tmp_path, monk
         # (TRL shuffles a batch's rows: compare them as a multiset)
         assert _rows(b["behaviour"]) in [_rows(g) for g in log["generated"]], \
             f"step {k}: the batch's old log-probs are exactly those recorded when it was sampled"
+    # episodes are recorded under the step that trained on them: a replay meets them in training order
+    from cache.episodes import load_episodes
+
+    episodes = dict(load_episodes(tmp_path / "out1"))
+    assert sorted(episodes) == [0, 1, 2, 3]
+    for b in log["batches"]:
+        trained = sorted(tuple(r[m.bool()].tolist()) for r, m in zip(b["behaviour"], b["mask"]))
+        assert trained == sorted(tuple(r) for r in episodes[b["step"]]["behaviour_logprobs"])
     # the stale batches were sampled by an older student: the ratio is not 1, so the correction acts
     for b in log["batches"][1:]:
         m = b["mask"].bool()
@@ -130,3 +139,19 @@ def test_sync_order_is_unchanged(tmp_path, monkeypatch):
 def test_async_steps_is_validated():
     with pytest.raises(Exception, match="async_steps"):
         build_config(None, {"learner.async_steps": -1})
+
+
+class DownTeacher(SlowTeacher):
+    """An outage: every request fails after the wait (the client's retries already spent)."""
+
+    async def sample(self, request):
+        self.requests += 1
+        await asyncio.sleep(self.latency_s)
+        raise TeacherUnavailableError("outage past the deadline")
+
+
+def test_a_teacher_outage_neither_stops_the_run_nor_piles_up_work(tmp_path, monkeypatch):
+    result, rows, log, teacher = _train(tmp_path, monkeypatch, async_steps=1, teacher=DownTeacher())
+    assert result.steps == 4 and log["starts"] == 4 and max(log["in_flight"]) == 2
+    assert all(r["forks"] > 0 and r["teacher_failed_chunks"] == r["forks"] and r["teacher_samples"] == 0 for r in rows)
+    assert teacher.requests == sum(r["forks"] for r in rows)  # each fork asked once: nothing queued up behind

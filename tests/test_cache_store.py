@@ -128,7 +128,7 @@ def test_migrates_a_version_3_file_into_packed_pools_in_pool_order(tmp_path):
     _version_3_file(path, {1: [(12, 5.0, "third", 1, None), (10, 1.0, "first", 2, '{"logprob": -2.5}'), (11, 1.0, "second", 1, None)],
                            2: [(20, 9.0, "only", 2, None)]})
     with SampleStore(path) as store:
-        assert read_version(store.conn) == SCHEMA_VERSION == 5
+        assert read_version(store.conn) == SCHEMA_VERSION == 6
         assert store.verify() == []
         pools = store.get_many([(1).to_bytes(16, "big"), (2).to_bytes(16, "big"), (3).to_bytes(16, "big")])
         exported = list(store.iter_entries())  # read from `samples`, not from the packs

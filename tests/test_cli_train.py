@@ -126,3 +126,30 @@ def test_final_is_portable_card_adapter_base_and_dtype(tmp_path, tiny_tok):
     # the packaged student is named by its hub id, and that id loads the packaged copy offline
     assert base_model_id("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert _local_spec("HuggingFaceTB/SmolLM2-135M-Instruct") == "smollm2"
+
+
+def test_each_kind_of_warning_is_shown_once_per_run():
+    import logging
+
+    from omniopd.cli_train import quiet_console
+
+    root = logging.getLogger()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handlers = [Keep(), Keep()]
+    for h in handlers:
+        root.addHandler(h)
+    try:
+        with quiet_console():
+            for row in range(3):
+                logging.getLogger("omniopd").warning("teacher failed on a chunk (row %d)", row)
+        with quiet_console():  # a new run shows it again
+            logging.getLogger("omniopd").warning("teacher failed on a chunk (row %d)", 7)
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+    assert seen == ["teacher failed on a chunk (row 0)"] * 2 + ["teacher failed on a chunk (row 7)"] * 2

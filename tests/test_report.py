@@ -205,3 +205,16 @@ def test_metrics_reader_skips_bad_lines_and_names_them(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert problems == ["metrics.jsonl line 2: not JSON; skipped", "metrics.jsonl line 3: no 'step' field; skipped",
                         "metrics.jsonl line 5: the last line is incomplete (the run is still writing it); skipped"]
+
+
+def test_report_of_a_run_without_episodes_draws_from_the_metrics(run_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("metrics.jsonl", "config.yaml"):
+        shutil.copy(run_dir / name, bare)
+    with RunData.open(bare) as data:
+        result = build_report(data)
+        assert data.steps() == [] and data.teacher_table() == []
+    assert "pihat" in {p.stem for p in result.plots}  # min/mean/max from metrics.jsonl
+    assert any("no episodes.sqlite" in p for p in result.problems)
+    assert "No recorded forks" in result.index.read_text()

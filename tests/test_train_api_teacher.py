@@ -90,6 +90,9 @@ def _tree_hash(path):
 
 def test_resuming_a_finished_run_does_nothing_and_a_larger_max_steps_continues(tmp_path, tiny_tok, monkeypatch,
                                                                                  fake_server, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="omniopd")
     _point_sdks_at(monkeypatch, fake_server)
     student_dir = tmp_path / "student"
     tiny_llama(tiny_tok, seed=0).save_pretrained(student_dir)

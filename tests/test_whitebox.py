@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from omniopd.errors import TeacherAccessError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import process_loop
 from providers.retry import RetryPolicy
 from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 from providers.whitebox import LocalWhiteBox, whitebox_for
@@ -145,8 +145,7 @@ def test_vllm_prompt_logprobs_agree_with_the_local_model(vllm_server):
     async def no_wait(s):
         pass
 
-    loop = EventLoop()  # the process's one loop, as `omniopd train` hands it in
-    wb = OpenAICompatPromptLogprobs("tiny", url, run=loop.run, policy=RetryPolicy(max_attempts=3, sleep=no_wait))
+    wb = OpenAICompatPromptLogprobs("tiny", url, run=process_loop().run, policy=RetryPolicy(max_attempts=3, sleep=no_wait))
     assert whitebox_for(wb, tok, "tropd") is wb  # /tokenize probe matches
     p_ids, c_ids, P, PM, C, CM = _batch(tok)
     remote = wb.token_logprobs(P, PM, C, CM, top_k=4)
@@ -164,4 +163,3 @@ def test_vllm_prompt_logprobs_agree_with_the_local_model(vllm_server):
     with pytest.raises(TeacherAccessError, match="tokenizes text differently"):
         whitebox_for(wb, tiny_tokenizer(vocab_size=300), "opd")
     wb.close()
-    loop.close()

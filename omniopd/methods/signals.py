@@ -29,7 +29,7 @@ import torch
 
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
-from omniopd.event_loop import EventLoop
+from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods import opd, sg_opd, tropd
 from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
@@ -58,9 +58,8 @@ class ScoredBatch:
 class MethodSignals:
     """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance.
 
-    `loop` is the process's event loop (`omniopd.event_loop.EventLoop`, owned by the training
-    entry point); teacher text is sampled on it. Without one, a method that samples teacher text
-    starts its own and closes it in `close()` (standalone use).
+    `loop` is the event loop teacher text is sampled on: by default the process's one
+    (`omniopd.event_loop.process_loop`).
     """
 
     def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
@@ -81,7 +80,6 @@ class MethodSignals:
         self.verifier = verifier or VERIFIERS[cfg.verifier]
         self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
         self.loop = loop
-        self._own_loop = False
         if self.method == "omniopd" and pipeline is None:
             raise ValueError("method omniopd needs the OmniOPD pipeline")
         if self.method != "omniopd" and whitebox is None:
@@ -99,8 +97,10 @@ class MethodSignals:
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
-        if self._own_loop and self.loop is not None:
-            self.loop.close()
+        """Release the white-box scorer's connections (a vLLM server's); the event loop is the process's."""
+        close = getattr(self.whitebox, "close", None)
+        if close is not None:
+            close()
 
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
@@ -116,7 +116,7 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
-    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[[], ScoredBatch]:
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[..., ScoredBatch]:
         """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
 
         OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
@@ -124,9 +124,10 @@ class MethodSignals:
         """
         if self.method == "omniopd":
             pending = self.pipeline.start(rollouts, step)
-            return lambda: self._omniopd_scored(self.pipeline.finish(pending), rollouts, golds, student)
+            # finished when the learner takes it: `step` is then the optimizer step that trains on it
+            return lambda step=None: self._omniopd_scored(self.pipeline.finish(pending, step=step), rollouts, golds, student)
         out = self.score(rollouts, golds, step, student)
-        return lambda: out
+        return lambda step=None: out
 
     def _omniopd(self, rollouts, golds, step, student) -> ScoredBatch:
         return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds, student)
@@ -274,7 +275,7 @@ class MethodSignals:
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
         if self.loop is None:
-            self.loop, self._own_loop = EventLoop(), True
+            self.loop = process_loop()
 
         async def one(p):
             req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
