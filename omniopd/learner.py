@@ -45,6 +45,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from omniopd.errors import BudgetExceededError
 from omniopd.head import HeadRequest
 from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
@@ -207,19 +208,39 @@ class OmniOPDTrainer(GRPOTrainer):
         async sends the teacher requests now and waits for them in the returned callable.
         """
         step = self.state.global_step
+        agree = self._ranks_agree_on_budget
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
             if self.async_steps == 0:
-                scored = self.method.score(rollouts, golds, step, student)
+                scored = agree(lambda: self.method.score(rollouts, golds, step, student))
                 return lambda: scored
             finish = self.method.start(rollouts, golds, step, student)
-            return lambda: finish(step=self.state.global_step)
+            return lambda: agree(lambda: finish(step=self.state.global_step))
         if self.async_steps == 0:
-            audit = self.pipeline.audit(rollouts, step=step)
+            audit = agree(lambda: self.pipeline.audit(rollouts, step=step))
             return lambda: self._scored(audit, rollouts)
         pending = self.pipeline.start(rollouts, step=step)
         # finished when a step takes it: the episode is recorded under the step that trains on it
-        return lambda: self._scored(self.pipeline.finish(pending, step=self.state.global_step), rollouts)
+        return lambda: self._scored(agree(lambda: self.pipeline.finish(pending, step=self.state.global_step)), rollouts)
+
+    def _ranks_agree_on_budget(self, score: Callable[[], Any]) -> Any:
+        """`score()`, except that when any rank meets the spend cap (`BudgetExceededError` from the
+        run's shared ledger) every rank raises it, at the same point: one rank stopping alone
+        would leave the others waiting in the gradient all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return score()
+        from accelerate.utils import gather_object
+
+        error = None
+        try:
+            out = score()
+        except BudgetExceededError as exc:
+            error, out = exc, None
+        if any(gather_object([error is not None])):
+            raise error or BudgetExceededError(
+                "another rank of this run reached --max-teacher-usd; the run stopped cleanly with a checkpoint — "
+                "raise --max-teacher-usd and rerun with --resume to continue")
+        return out
 
     @staticmethod
     def _scored(audit, rollouts) -> ScoredBatch:

@@ -23,7 +23,9 @@ def main() -> None:
     overrides = json.loads(sys.argv[1])
     tok = tiny_tokenizer()
     student = tiny_llama(tok, seed=0)
-    teacher = LocalTeacher(tiny_llama(tok, seed=1), tok, spec="local:tiny-teacher")
+    # an API teacher named in the overrides is built by run_train itself (the SDKs read the env)
+    api = not str(overrides.get("teacher.spec", "local:")).startswith("local:")
+    teacher = None if api else LocalTeacher(tiny_llama(tok, seed=1), tok, spec="local:tiny-teacher")
     run_train(build_config(None, overrides), model=student, tokenizer=tok, teacher=teacher, echo=True)
 
 

@@ -86,3 +86,33 @@ def test_replay_of_the_two_rank_run_sees_both_ranks(two_rank_run, tiny_tok):
     # each replayed step re-audits one recorded (step, rank) episode from its recorded samples
     assert [r["forks"] for r in rows] == recorded
     assert all(r["teacher_samples"] > 0 for r in rows)
+
+
+def test_two_ranks_share_one_spend_cap_and_stop_together(tmp_path):
+    """The run's ledger is one file for both ranks: their joint spend stays under the cap, and
+    when either rank is refused, both stop at the same step (nobody is left in an all-reduce)."""
+    from omniopd.ledger import LEDGER_FILE, SpendLedger
+    from tests.fake_providers import FakeProviderServer
+
+    if not TORCHRUN.is_file() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    cap = 0.02  # both ranks reserve ~$0.015 (worst case) per step and pay ~$0.002: the cap lands after a few steps
+    with FakeProviderServer() as srv:
+        env = {**os.environ, **srv.env(), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        overrides = _overrides(tmp_path, "run", **{"teacher.spec": "claude-haiku", "teacher.no_fallback": True,
+                                                   "teacher.max_usd": cap, "learner.max_steps": 6,
+                                                   "teacher.rpm": 60000})
+        cmd = [str(TORCHRUN if TORCHRUN.is_file() else shutil.which("torchrun")), "--nproc_per_node", "2",
+               "--standalone", str(ROOT / "tests" / "dist_child.py"), json.dumps(overrides)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        requests = len(srv.requests("anthropic"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "run"
+    with SpendLedger(run / LEDGER_FILE) as led:
+        spent, bought = led.spent, led.samples
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    print(f"2 ranks, cap ${cap}: spent ${spent:.6f} on {bought} samples ({requests} requests); "
+          f"stopped at step {rows[-1]['step']}")
+    assert 0 < spent <= cap and rows[-1].get("stopped") == "max_teacher_usd"
+    assert rows[-1]["step"] < 6 and list(run.glob("checkpoint-*")) and not (run / "final").exists()
