@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 DEMO_DIR ?= runs/demo
 
-.PHONY: install install-server demo test test-fast bench clean-demo
+.PHONY: install install-server browser demo test test-fast bench clean-demo
 
 install: $(VENV)/.omniopd-installed
 
@@ -34,10 +34,18 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(OFFLINE) $(VENV)/bin/omniopd train --config omniopd/data/demo.yaml --output $(DEMO_DIR)
 
-test: install install-server
+# Debian's Chromium and its chromedriver for the report's browser test (tests/test_report_browser.py):
+# packages from the distribution, never a browser download. Needs root (CI runs as root).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-dejavu-core; \
+	else echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing; as root: apt-get install chromium chromium-driver" >&2; exit 1; fi
+
+test: install install-server browser
 	$(OFFLINE) $(PY) -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
 
 bench: install

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omniopd.config import TeacherConfig  # noqa: E402
-from providers.api_registry import build_api_teacher  # noqa: E402
+from omniopd.teachers import build_api_teacher  # noqa: E402
 from providers.base import Message, TeacherRequest  # noqa: E402
 from providers.limits import LimitsRegistry  # noqa: E402
 from tests.fake_providers import FakeProviderServer  # noqa: E402

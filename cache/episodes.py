@@ -177,11 +177,13 @@ class EpisodeRecorder:
         teacher: CachedTeacher | None,
         meta: dict[str, Any] | None = None,
         run: str = "run",
+        rank: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = episodes_path(run_dir)
         self.teacher = teacher
         self.run = run
+        self.rank = rank  # the process's rank in a multi-process run: each records its own rollouts
         self.store = SampleStore(self.path, "read-write", clock=clock)
         full_meta = dict(meta or {})
         if teacher is not None:
@@ -193,7 +195,7 @@ class EpisodeRecorder:
         ids = sample_ids(episode)
         entries = list(self.teacher.entries_for(ids).values()) if (ids and self.teacher is not None) else []
         self.missing_samples += len(set(ids)) - len(entries)
-        self.store.put_episode(self.run, step, encode_episode(episode), entries)
+        self.store.put_episode(self.run, step, encode_episode(episode), entries, rank=self.rank)
 
     def close(self) -> None:
         self.store.close()
@@ -228,10 +230,14 @@ class Replay:
     def steps(self) -> list[int]:
         return self.store.episode_steps(self.run)
 
-    def episode(self, step: int) -> dict[str, Any]:
-        blob = self.store.episode_blob(self.run, step)
+    def entries(self) -> list[tuple[int, int]]:
+        """(step, rank) of every recorded episode: a multi-process run recorded one per process per step."""
+        return self.store.episode_entries(self.run)
+
+    def episode(self, step: int, rank: int = 0) -> dict[str, Any]:
+        blob = self.store.episode_blob(self.run, step, rank)
         if blob is None:
-            raise ReplayError(f"--replay {self.path}: step {step} was not recorded")
+            raise ReplayError(f"--replay {self.path}: step {step} (rank {rank}) was not recorded")
         return decode_episode(blob)
 
     def episodes(self) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -20,12 +20,12 @@ from omniopd.errors import DataError
 from providers.base import TeacherSample
 
 FORMAT_VERSION = 1
-_FIELDS = [f.name for f in dataclasses.fields(TeacherSample)]
+_FIELDS = [f.name for f in dataclasses.fields(TeacherSample) if f.name not in ("cache_id", "cached")]
 
 
 def entry_to_json(entry: Entry) -> dict[str, Any]:
     sample = dataclasses.asdict(entry.sample)
-    sample["extra"] = {k: v for k, v in sample["extra"].items() if k not in ("cache_id", "cached")}
+    sample.pop("cache_id"), sample.pop("cached")  # set on the way out of a cache, never stored
     return {"key": entry.key.hex(), "id": entry.uid.hex(), "created": entry.created, **sample}
 
 

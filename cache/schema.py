@@ -13,11 +13,15 @@ Layout (why it looks like this):
   16-byte id that survives export/import and copies into run files, which is what recorded
   episodes refer to.
 - `origins` interns the (teacher, model) strings so a million samples do not repeat them.
-- `runs`/`episodes` hold recorded training steps (compact blobs, see `cache.episodes`).
+- `runs`/`episodes` hold recorded training steps (compact blobs, see `cache.episodes`), one row
+  per (run, step, rank) since version 5 (a multi-process run records every process's rollouts).
 - `lookups` counts served samples per process session, for the hit rate in `cache stats`.
 - `pools` (version 4) holds each pool again, packed in one row: reading 10 rows of 14 columns
   per key capped batched lookups at ~10 000 pools/s; one row per key reaches > 50 000.
   It is derived from `samples` in the same transaction as every write (see `cache.packs`).
+- `leases` (version 5): a key some process is buying samples for right now, who (`holder`, a
+  session id) and until when (`expires`, epoch seconds; the holder renews it while it waits
+  on the teacher, and a crashed holder's lease simply runs out). See `cache.teacher`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Callable
 
 from cache import packs
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
@@ -75,9 +79,26 @@ MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = 
     ),
     # each pool packed in one row, so a batched lookup reads one row per key (see cache.packs)
     4: (packs.CREATE, packs.rebuild_all),
+    # episodes keyed by (run, step, rank): every process of a multi-process run records its own
+    # rollouts (version 4 kept one row per step, so all ranks but the last writer were lost)
+    5: (
+        """CREATE TABLE episodes_v5 (
+            run TEXT NOT NULL REFERENCES runs(run),
+            step INTEGER NOT NULL,
+            rank INTEGER NOT NULL,
+            created REAL NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (run, step, rank)
+        )""",
+        "INSERT INTO episodes_v5 (run, step, rank, created, data) SELECT run, step, 0, created, data FROM episodes",
+        "DROP TABLE episodes",
+        "ALTER TABLE episodes_v5 RENAME TO episodes",
+    ),
+    # a process buying a key's samples claims it, so others wait instead of buying too
+    6: ("CREATE TABLE leases (key BLOB PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",),
 }
 
-EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools")
+EXPECTED_TABLES = ("meta", "origins", "samples", "runs", "episodes", "lookups", "pools", "leases")
 
 
 def read_version(conn: sqlite3.Connection) -> int | None:

@@ -8,14 +8,16 @@ Contract:
   `TeacherSample` per stored row was the whole cost of a lookup, and `CachedTeacher` needs only
   the first n of a pool.
 - Every sample has a random 16-byte `uid` that never changes (export/import and copies into
-  run files keep it); `TeacherSample.extra['cache_id']` is its hex form, and samples read back
-  carry `extra['cached'] = True`.
+  run files keep it); `TeacherSample.cache_id` is its hex form, and samples read back
+  carry `cached=True`.
 - Writes are single transactions (`BEGIN IMMEDIATE`, so concurrent writers in other
   processes queue on SQLite's lock instead of failing); a crash loses at most the transaction
   in flight, and the file is never left half-written.
-- Nothing is written to a file that fails the checks on open (not SQLite, truncated, not an
-  omniopd cache, schema newer than this code): each raises a `CacheError` subclass whose
-  message says what to do, and the file is left exactly as it was.
+- Nothing is written to a file that fails the checks on open (a directory, an empty file, not
+  SQLite, truncated, not an omniopd cache, schema newer than this code): each raises a
+  `CacheError` subclass whose message says what to do, and the file is left exactly as it was.
+  A new cache is only ever made where no file exists.
+- Read-only inspection (`creates_nothing=True`) leaves nothing beside the file.
 
 One `SampleStore` is one connection; use it from one thread at a time (`CachedTeacher` opens
 a second one for its writer thread).
@@ -42,7 +44,6 @@ from providers.base import TeacherSample
 OpenMode = Literal["read-write", "read-only"]
 KEY_BYTES = 16
 _BATCH = 500  # bound parameters per statement
-_TRANSIENT_EXTRA = ("cache_id", "cached")  # set on the way out, never stored
 # TeacherSample's positional order, so rows become samples without keyword plumbing
 _SAMPLE_COLUMNS = "text, finish_reason, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, origin, latency_s, exact, extra"
 _COLUMNS = "key, uid, created, " + _SAMPLE_COLUMNS
@@ -158,13 +159,17 @@ class SampleStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 60.0,
         max_pages: int | None = None,
+        creates_nothing: bool = False,
     ) -> None:
+        """`creates_nothing` (read-only inspection: `cache stats`, `verify`, `export`): open the
+        file so that nothing appears beside it — no `-wal`, no `-shm` (see `_connect`)."""
         if mode not in ("read-write", "read-only"):
             raise CacheError(f"cache mode must be read-write or read-only; got {mode!r}")
         self.path = Path(path).expanduser()
         self.mode = mode
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
+        self.creates_nothing = creates_nothing and mode == "read-only"
         self._origins: dict[int, tuple[str, str]] = {}
         self._origin_ids: dict[tuple[str, str], int] = {}
         self.conn = self._open(max_pages)
@@ -172,6 +177,13 @@ class SampleStore:
     # --- opening ---------------------------------------------------------------------------
     def _open(self, max_pages: int | None) -> sqlite3.Connection:
         path = self.path
+        if path.is_dir():
+            raise CacheError(f"cache {path} is a directory, not a cache file; pass a file path, e.g. "
+                             f"--cache {path / 'samples.sqlite'}")
+        if path.is_file() and path.stat().st_size == 0:
+            raise CacheCorruptError(
+                f"cache {path} is an empty file (0 bytes), not an omniopd cache; it was not modified. Delete it to "
+                f"start a new cache at that path, or pass another --cache.")
         if self.mode == "read-only":
             if not path.is_file():
                 raise CacheError(f"cache {path} does not exist; --cache-mode read-only needs an existing cache (or use read-write).")
@@ -187,6 +199,8 @@ class SampleStore:
                     f"cache {path} is not writable (the file or its directory is read-only); use --cache-mode read-only "
                     f"to only read it, or --cache PATH somewhere writable."
                 )
+        if self.mode == "read-write" and not path.exists():
+            _create(path)
         self._key = str(path.resolve())
         with OPEN_LOCK:
             if path.exists() and not OPEN.get(self._key):
@@ -245,6 +259,12 @@ class SampleStore:
         try:
             if self.mode == "read-write":
                 return sqlite3.connect(f"{uri}?mode=rwc", uri=True, isolation_level=None, check_same_thread=False)
+            wal = Path(f"{path}-wal")
+            if self.creates_nothing and (not wal.exists() or wal.stat().st_size == 0):
+                # No write-ahead log to read: the main file is the whole database, and opening it
+                # immutable creates no -wal/-shm (plain mode=ro on a WAL file creates both). A
+                # writer that starts during this read is not seen: fine for a one-shot inspection.
+                return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
             conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -321,9 +341,9 @@ class SampleStore:
         text, finish, tin, tout, cr, cw, cost, origin, latency, exact, extra = row
         teacher, model = self._origins.get(origin) or self._origin(origin)
         extra_d = json.loads(extra) if extra else {}
-        extra_d["cache_id"] = cache_id
-        extra_d["cached"] = True  # stored = already paid for (never stored itself, see _TRANSIENT_EXTRA)
-        return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d)
+        # stored = already paid for; `cached` and `cache_id` are set on the way out, never stored
+        return TeacherSample(text, finish, tin, tout, cr, cw, cost, model, teacher, latency, exact == 1, extra_d,
+                             cached=True, cache_id=cache_id)
 
     def _row_to_entry(self, row: tuple) -> Entry:
         return Entry(row[0], row[1], row[2], self._sample(row[1].hex(), row[3:]))
@@ -363,7 +383,7 @@ class SampleStore:
             if len(e.key) != KEY_BYTES or len(e.uid) != KEY_BYTES:
                 raise CacheError(f"sample keys and ids must be {KEY_BYTES} bytes (got {len(e.key)}, {len(e.uid)}); this is a bug")
             s = e.sample
-            extra = {k: v for k, v in s.extra.items() if k not in _TRANSIENT_EXTRA}
+            extra = s.extra
             rows.append(
                 (e.key, e.uid, float(e.created), s.text, s.finish_reason, float(s.input_tokens), float(s.output_tokens),
                  float(s.cache_read_tokens), float(s.cache_write_tokens), float(s.cost_usd), self._origin_id(conn, s.teacher, s.model),
@@ -376,12 +396,51 @@ class SampleStore:
             packs.rebuild(conn, [r[0] for r in rows])
         return added
 
-    def put_many(self, entries: Sequence[Entry]) -> int:
-        """Store entries in one transaction; entries whose uid is already stored are skipped. Returns rows added."""
-        if not entries:
+    def put_many(self, entries: Sequence[Entry], *, release: Sequence[tuple[bytes, str]] = ()) -> int:
+        """Store entries in one transaction; entries whose uid is already stored are skipped. Returns rows added.
+
+        `release` lists (key, holder) leases to drop in the same transaction: the samples a
+        holder bought become visible at the instant its claim ends, so a waiting process never
+        sees the key free and the pool still short.
+        """
+        if not entries and not release:
             return 0
         with self._transaction(doing=f"storing {len(entries)} samples") as conn:
-            return self._insert(conn, entries)
+            added = self._insert(conn, entries) if entries else 0
+            if release:
+                conn.executemany("DELETE FROM leases WHERE key = ? AND holder = ?", list(release))
+            return added
+
+    # --- leases: who is buying a key's samples right now -----------------------------------
+    def claim(self, keys: Sequence[bytes], holder: str, ttl_s: float) -> dict[bytes, float | None]:
+        """Claim each key for `holder` for `ttl_s` seconds, in one transaction.
+
+        Returns, per key, None when `holder` now holds it (it was free, expired, or already
+        its own), else the epoch time the other holder's lease runs out.
+        """
+        now = self.clock()
+        out: dict[bytes, float | None] = {}
+        with self._transaction(doing="claiming keys") as conn:
+            for key in keys:
+                row = conn.execute("SELECT holder, expires FROM leases WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] != holder and row[1] > now:
+                    out[key] = float(row[1])
+                    continue
+                conn.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                             "holder = excluded.holder, expires = excluded.expires", (key, holder, now + ttl_s))
+                out[key] = None
+        return out
+
+    def renew(self, keys: Sequence[bytes], holder: str, ttl_s: float) -> None:
+        """Extend `holder`'s leases on `keys` (a holder still waiting on its teacher)."""
+        with self._transaction(doing="renewing leases") as conn:
+            conn.executemany("UPDATE leases SET expires = ? WHERE key = ? AND holder = ?",
+                             [(self.clock() + ttl_s, k, holder) for k in keys])
+
+    def release(self, keys: Sequence[bytes], holder: str) -> None:
+        """Drop `holder`'s leases on `keys` (its purchase failed: let others try)."""
+        with self._transaction(doing="releasing leases") as conn:
+            conn.executemany("DELETE FROM leases WHERE key = ? AND holder = ?", [(k, holder) for k in keys])
 
     def delete(self, *, before: float | None = None, model: str | None = None, teacher: str | None = None, dry_run: bool = False) -> int:
         """Delete samples stored before `before` (epoch seconds) and/or from a model/teacher; returns how many."""
@@ -448,26 +507,35 @@ class SampleStore:
                 (run, self.clock(), json.dumps(meta, sort_keys=True, default=str)),
             )
 
-    def put_episode(self, run: str, step: int, data: bytes, samples: Sequence[Entry] = ()) -> None:
-        """Store one step's episode and the samples it used, in one transaction (replaces that step)."""
+    def put_episode(self, run: str, step: int, data: bytes, samples: Sequence[Entry] = (), rank: int = 0) -> None:
+        """Store one process's episode of a step and the samples it used, in one transaction (replaces it)."""
         with self._transaction(doing=f"recording step {step}") as conn:
             self._insert(conn, samples)
             conn.execute(
-                "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?)", (run, int(step), self.clock(), sqlite3.Binary(data))
+                "INSERT OR REPLACE INTO episodes (run, step, rank, created, data) VALUES (?, ?, ?, ?, ?)",
+                (run, int(step), int(rank), self.clock(), sqlite3.Binary(data)),
             )
 
     def runs(self) -> list[tuple[str, float, dict[str, Any]]]:
         return [(r, c, json.loads(m)) for r, c, m in self._read("SELECT run, created, meta FROM runs ORDER BY created")]
 
     def episode_steps(self, run: str) -> list[int]:
-        return [r[0] for r in self._read("SELECT step FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes")]
+        return [r[0] for r in self._read("SELECT DISTINCT step FROM episodes WHERE run = ? ORDER BY step", (run,),
+                                         "reading episodes")]
 
-    def episode_blob(self, run: str, step: int) -> bytes | None:
-        rows = self._read("SELECT data FROM episodes WHERE run = ? AND step = ?", (run, int(step)), "reading an episode")
+    def episode_entries(self, run: str) -> list[tuple[int, int]]:
+        """(step, rank) of every recorded episode of `run`, in step then rank order."""
+        return [(s, r) for s, r in self._read("SELECT step, rank FROM episodes WHERE run = ? ORDER BY step, rank", (run,),
+                                              "reading episodes")]
+
+    def episode_blob(self, run: str, step: int, rank: int = 0) -> bytes | None:
+        rows = self._read("SELECT data FROM episodes WHERE run = ? AND step = ? AND rank = ?", (run, int(step), int(rank)),
+                          "reading an episode")
         return bytes(rows[0][0]) if rows else None
 
     def episode_blobs(self, run: str) -> Iterator[tuple[int, bytes]]:
-        for step, data in self._read("SELECT step, data FROM episodes WHERE run = ? ORDER BY step", (run,), "reading episodes"):
+        for step, data in self._read("SELECT step, data FROM episodes WHERE run = ? ORDER BY step, rank", (run,),
+                                     "reading episodes"):
             yield step, bytes(data)
 
     # --- inspection ------------------------------------------------------------------------
@@ -525,10 +593,42 @@ class SampleStore:
         return problems
 
 
+def _create(path: Path) -> None:
+    """Make a new, empty cache at `path` atomically: build it beside, then hard-link it in.
+
+    So no process ever sees a half-made cache at `path` — in particular never a 0-byte file,
+    which is refused as not a cache (it is what a user's stray `touch` leaves). When another
+    process links its own first, theirs is used.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    try:
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            migrate(conn, 0)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # the last connection checkpoints the log: `tmp` is the whole database
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "creating it") from exc
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
 def verify_file(path: str | Path) -> list[str]:
     """Problems with the cache file at `path` (empty = healthy), even when it cannot be opened."""
     try:
-        with SampleStore(path, "read-only") as store:
+        with SampleStore(path, "read-only", creates_nothing=True) as store:
             return store.verify()
     except (CacheCorruptError, CacheSchemaError) as exc:
         problems = [str(exc)]

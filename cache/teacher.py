@@ -10,9 +10,15 @@ knows the cache is there. For a request asking for n samples under key K:
    (write-behind: a batch commits within `flush_interval_s`, or at once on `flush()`).
 
 Calls for the same key are serialised, so concurrent forks with identical prefixes never pay
-twice. Every returned sample carries `extra['cache_id']` (its stable uid, hex), which episodes
-record; samples served from the store also carry `extra['cached'] = True` (already paid for:
-the pipeline leaves them out of the step's spend). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
+twice — within a process by a lock per key, across processes by a lease: in read-write mode a
+process about to buy samples for a key first claims it in the store (`leases`, one batched
+transaction per loop turn), renews the claim every `lease_s / 3` while its teacher works, and
+drops it in the same transaction that commits the samples it bought. Another process wanting
+the same key finds it claimed and waits (polling the pool) for those samples instead of buying
+its own; a crashed holder stops renewing, so its lease runs out after at most `lease_s` and
+the key is bought by whoever asks next. `lease_s=None` turns leases off. Every returned sample carries `cache_id` (its stable uid, hex), which episodes
+record; samples served from the store also carry `cached=True` (already paid for: the spend
+accounting leaves them out). Modes: `read-write` (the default), `read-only` (serve stored samples, call the
 teacher for the rest, store nothing), `off` (call the teacher, store nothing; ids are still
 assigned). With no inner teacher (replay), a request with no stored sample raises
 `CacheMissError`; a partly stored pool is served as is (fewer than n samples, like a partial
@@ -67,12 +73,15 @@ class _Writer:
         self.thread = threading.Thread(target=self._run, name="omniopd-cache-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, entries: Sequence[Entry]) -> None:
+    def submit(self, entries: Sequence[Entry], release: Sequence[tuple[bytes, str]] = ()) -> None:
+        """Queue entries for the next commit; `release` leases are dropped in that same transaction."""
         with self.cond:
             for e in entries:
                 self.pending.setdefault(e.key, []).append(e)
-            self.unfinished += len(entries)
+            self.unfinished += len(entries) + (1 if release else 0)
         self.queue.put(list(entries))
+        if release:
+            self.queue.put(_Release(list(release)))
 
     def pending_for(self, key: bytes) -> list[Entry]:
         with self.cond:
@@ -105,7 +114,8 @@ class _Writer:
                     batch.extend(item)
                 else:
                     markers.append(item)
-                if stop or markers or len(batch) >= self.max_batch:
+                # lease releases ride with the batch (write-behind); flushes and counters commit now
+                if stop or any(not isinstance(m, _Release) for m in markers) or len(batch) >= self.max_batch:
                     break
                 wait = deadline - time.monotonic()
                 if wait <= 0:
@@ -123,9 +133,10 @@ class _Writer:
                 return
 
     def _commit(self, batch: list[Entry], markers: list[Any]) -> None:
+        release = [lease for m in markers if isinstance(m, _Release) for lease in m.leases]
         try:
-            if batch:
-                self.store.put_many(batch)
+            if batch or release:
+                self.store.put_many(batch, release=release)
             for m in markers:
                 if isinstance(m, _Counters):
                     self.store.record_lookups(**m.values)
@@ -148,13 +159,25 @@ class _Counters:
 
 
 @dataclasses.dataclass
+class _Release:
+    leases: list[tuple[bytes, str]]  # (key, holder) to drop with the batch's commit
+
+
+@dataclasses.dataclass
 class _LoopState:
-    """Per-event-loop bits (asyncio primitives are bound to the loop that first uses them)."""
+    """The asyncio bits: per-key locks and the reads queued this loop turn.
+
+    One process runs one event loop (omniopd.event_loop), so one state serves every call. Locks
+    live only while a key has callers, so loops run one after another (tests, scripts using
+    `asyncio.run`) also work; two loops using one `CachedTeacher` at the same time do not.
+    """
 
     locks: dict[bytes, asyncio.Lock] = dataclasses.field(default_factory=dict)
     users: dict[bytes, int] = dataclasses.field(default_factory=dict)
     reads: list[tuple[bytes, asyncio.Future]] = dataclasses.field(default_factory=list)
     read_scheduled: bool = False
+    claims: list[tuple[bytes, asyncio.Future]] = dataclasses.field(default_factory=list)
+    claim_scheduled: bool = False
 
 
 class CachedTeacher:
@@ -174,6 +197,8 @@ class CachedTeacher:
         clock: Callable[[], float] = time.time,
         session: str | None = None,
         remember: int = 50_000,
+        lease_s: float | None = 60.0,
+        poll_s: float = 0.02,
     ) -> None:
         if mode not in CACHE_MODES:
             raise CacheError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {mode!r}")
@@ -190,9 +215,14 @@ class CachedTeacher:
         self.session = session or uuid.uuid4().hex
         self.started = clock()
         self.counts = {"requested": 0, "from_cache": 0, "from_teacher": 0, "misses": 0}
+        self.lease_waits = 0  # times a key was found claimed by another process (waited, not bought)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._leases: SampleStore | None = None
+        self._lease_lock = threading.Lock()
         self._remember = remember
         self._served: OrderedDict[str, Entry] = OrderedDict()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._loop_state = _LoopState()
         self.store: SampleStore | None = None
         self._writer: _Writer | None = None
         if mode == "off":
@@ -205,6 +235,8 @@ class CachedTeacher:
             wstore = SampleStore(self.store.path, "read-write", clock=clock, busy_timeout_s=self.store.busy_timeout_s)
             self._writer = _Writer(wstore, flush_interval_s, max_batch)
             self._finalizer = weakref.finalize(self, _shutdown, self._writer)
+            if lease_s is not None and teacher is not None:
+                self._leases = SampleStore(self.store.path, "read-write", clock=clock, busy_timeout_s=self.store.busy_timeout_s)
 
     # --- Teacher protocol ---------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -222,7 +254,7 @@ class CachedTeacher:
             fresh = await self.inner.sample(request)  # type: ignore[union-attr]
             return self._adopt(self.key(request), fresh[: request.n])
         key = self.key(request)
-        state = self._state()
+        state = self._loop_state
         lock = state.locks.setdefault(key, asyncio.Lock())
         state.users[key] = state.users.get(key, 0) + 1
         try:
@@ -234,16 +266,35 @@ class CachedTeacher:
                 del state.users[key], state.locks[key]
 
     async def _sample_locked(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
-        stored = await self._lookup(key, state)
-        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
-        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
-            seen = {e.uid for e in pool}
-            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, extra={**e.sample.extra, "cached": True}))
-                     for e in self._writer.pending_for(key) if e.uid not in seen]
-            pool = pool[: request.n]
-        for e in pool:
-            self._remember_entry(e)
-        have = [e.sample for e in pool]
+        wait = self.poll_s
+        while True:
+            have = await self._serve_stored(key, request, state)
+            missing = request.n - len(have)
+            if missing == 0 or self.inner is None or self._leases is None:
+                break
+            held_until = await self._claim(key, state)
+            if held_until is None:  # ours now. Look again: a holder that committed between our read and
+                have = await self._serve_stored(key, request, state)  # our claim left its samples
+                missing = request.n - len(have)
+                if missing == 0:
+                    await asyncio.to_thread(self._lease_call, "release", [key])
+                    break
+                try:
+                    fresh = await self._buy_holding(key, request.with_n(missing))
+                except BaseException:
+                    await asyncio.to_thread(self._lease_call, "release", [key])
+                    raise
+                self.counts["from_cache"] += len(have)
+                self.counts["from_teacher"] += len(fresh)
+                return have + self._adopt(self.key(request), fresh, release=[(key, self.session)])
+            # another process is buying this key's samples: wait for them, then look again
+            self.lease_waits += 1
+            await asyncio.sleep(min(wait, max(0.0, held_until - self.clock()) + self.poll_s))
+            wait = min(wait * 2, 0.5)
+        return await self._finish(key, request, have)
+
+    async def _finish(self, key: bytes, request: TeacherRequest, have: list[TeacherSample]) -> list[TeacherSample]:
+        """Serve `have` and buy the rest without a lease (leases off, or nothing to buy)."""
         self.counts["from_cache"] += len(have)
         missing = request.n - len(have)
         if missing == 0:
@@ -259,6 +310,44 @@ class CachedTeacher:
         fresh = (await self.inner.sample(request.with_n(missing)))[:missing]
         self.counts["from_teacher"] += len(fresh)
         return have + self._adopt(self.key(request), fresh)  # the key again: the teacher may have switched
+
+    async def _buy_holding(self, key: bytes, request: TeacherRequest) -> list[TeacherSample]:
+        """The inner teacher's samples, renewing our lease on `key` while it works.
+
+        If the caller is cancelled meanwhile (a step abandoned because another request hit the
+        spend cap), the purchase is not: requests already sent are paid for, so they run to
+        the end and their samples are stored (and the lease dropped) when they arrive.
+        """
+        task = asyncio.ensure_future(self.inner.sample(request))  # type: ignore[union-attr]
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.lease_s / 3)  # type: ignore[operator]
+                if done:
+                    return task.result()[: request.n]
+                await asyncio.to_thread(self._lease_call, "renew", [key])
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._adopt_late(key, request, t))  # runs soon if already done
+            raise
+
+    def _adopt_late(self, key: bytes, request: TeacherRequest, task: asyncio.Future) -> None:
+        """Store what an abandoned purchase bought (see `_buy_holding`)."""
+        fresh = [] if task.cancelled() or task.exception() is not None else task.result()[: request.n]
+        if self._writer is not None:
+            self.counts["from_teacher"] += len(fresh)
+            self._adopt(self.key(request), fresh, release=[(key, self.session)])
+
+    async def _serve_stored(self, key: bytes, request: TeacherRequest, state: _LoopState) -> list[TeacherSample]:
+        """Up to n samples already stored (or queued for storing) under `key`."""
+        stored = await self._lookup(key, state)
+        pool = list(stored[: request.n])  # a lazy Pool: only the samples served are decoded
+        if self._writer is not None and len(pool) < request.n:  # then `pool` is all that is stored
+            seen = {e.uid for e in pool}
+            pool += [Entry(e.key, e.uid, e.created, dataclasses.replace(e.sample, cached=True))
+                     for e in self._writer.pending_for(key) if e.uid not in seen]
+            pool = pool[: request.n]
+        for e in pool:
+            self._remember_entry(e)
+        return [e.sample for e in pool]
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -286,6 +375,10 @@ class CachedTeacher:
                 self._writer = None
             if self.store is not None:
                 self.store.close()
+            with self._lease_lock:
+                if self._leases is not None:
+                    self._leases.close()
+                    self._leases = None
 
     # --- samples by id (for the episode recorder) --------------------------------------------
     def entries_for(self, cache_ids: Sequence[str]) -> dict[str, Entry]:
@@ -297,17 +390,17 @@ class CachedTeacher:
         return out
 
     # --- internals ------------------------------------------------------------------------------
-    def _adopt(self, key: bytes, fresh: list[TeacherSample]) -> list[TeacherSample]:
+    def _adopt(self, key: bytes, fresh: list[TeacherSample], release: Sequence[tuple[bytes, str]] = ()) -> list[TeacherSample]:
         now = self.clock()
         entries = []
         # a pool is ordered by (time stored, uid): sorted uids keep one batch in the teacher's order
         for s, uid in zip(fresh, sorted(self.uid_factory() for _ in fresh)):
-            s = dataclasses.replace(s, extra={**s.extra, "cache_id": uid.hex()})
+            s = dataclasses.replace(s, cache_id=uid.hex(), cached=False)
             entries.append(Entry(key, uid, now, s))
         for e in entries:
             self._remember_entry(e)
-        if self._writer is not None and entries:
-            self._writer.submit(entries)
+        if self._writer is not None and (entries or release):
+            self._writer.submit(entries, release)
         return [e.sample for e in entries]
 
     def _remember_entry(self, entry: Entry) -> None:
@@ -316,13 +409,6 @@ class CachedTeacher:
         self._served.move_to_end(cid)
         while len(self._served) > self._remember:
             self._served.popitem(last=False)
-
-    def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopState()
-        return state
 
     async def _lookup(self, key: bytes, state: _LoopState) -> Sequence[Entry]:
         """Queue a read; all reads queued in this loop turn run as one batched query."""
@@ -345,6 +431,39 @@ class CachedTeacher:
         for k, fut in batch:
             if not fut.done():
                 fut.set_result(found.get(k, ()))
+
+    async def _claim(self, key: bytes, state: _LoopState) -> float | None:
+        """Claim `key` (None: ours now; else when the other holder's lease ends). Claims queued
+        in one loop turn share one transaction."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        state.claims.append((key, fut))
+        if not state.claim_scheduled:
+            state.claim_scheduled = True
+            loop.call_soon(self._run_claims, state)
+        return await fut
+
+    def _run_claims(self, state: _LoopState) -> None:
+        batch, state.claims, state.claim_scheduled = state.claims, [], False
+        done = asyncio.get_running_loop().run_in_executor(None, self._lease_call, "claim", [k for k, _ in batch])
+
+        def deliver(f: asyncio.Future) -> None:
+            exc = f.exception()
+            for k, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc) if exc is not None else fut.set_result(f.result()[k])
+
+        done.add_done_callback(deliver)
+
+    def _lease_call(self, what: str, keys: list[bytes]) -> Any:
+        with self._lease_lock:
+            if self._leases is None:
+                return {k: None for k in keys}
+            if what == "claim":
+                return self._leases.claim(keys, self.session, self.lease_s)  # type: ignore[arg-type]
+            if what == "renew":
+                return self._leases.renew(keys, self.session, self.lease_s)  # type: ignore[arg-type]
+            return self._leases.release(keys, self.session)
 
     def _raise_writer_error(self) -> None:
         if self._writer is not None and self._writer.error is not None:

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if action in ("stats", "verify", "export") and not path.is_file():
         raise CacheError(f"no cache at {path}; pass the cache file (omniopd cache {action} PATH)")
     if action == "stats":
-        with SampleStore(path, "read-only") as store:
+        with SampleStore(path, "read-only", creates_nothing=True) as store:
             return _stats(store, args.json)
     if action == "verify":
         problems = verify_file(path)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {'ok' if not problems else f'{len(problems)} problems; export what is readable and start a fresh cache'}")
         return 1 if problems else 0
     if action == "export":
-        with SampleStore(path, "read-only") as store:
+        with SampleStore(path, "read-only", creates_nothing=True) as store:
             if args.output == "-":
                 n = export_jsonl(store, sys.stdout)
             else:

@@ -11,11 +11,11 @@ and the cost. It never falls back to a local teacher: a missing or rejected key 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 
 from omniopd.config_flags import add_config_flags, config_from_args
+from omniopd.event_loop import process_loop
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def format_report(teacher, samples, identity: dict, prefix: str, totals: dict | 
 
 def run(args: argparse.Namespace) -> int:
     from providers.base import Message, TeacherRequest
-    from providers.registry import build_teacher
+    from omniopd.teachers import build_teacher
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = dataclasses.replace(config_from_args(args).teacher, no_fallback=True)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             await teacher.aclose()
 
-    samples = asyncio.run(go())
+    samples = process_loop().run(go())  # the process's one event loop (omniopd/event_loop.py)
     totals = teacher.usage_totals() if hasattr(teacher, "usage_totals") else None
     print(format_report(teacher, samples, teacher.identity(), args.prefix, totals))
     return 0

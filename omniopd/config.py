@@ -37,6 +37,9 @@ def _check_choice(value: Any, key: str, choices: tuple) -> None:
     _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+
+
 @dataclass
 class StudentConfig:
     model: str = knob("smollm2", "student: hub id, local directory, .gguf file, or 'smollm2' (packaged SmolLM2-135M-Instruct)", flag="--student")
@@ -46,6 +49,10 @@ class StudentConfig:
     max_new_tokens: int = knob(256, "longest student completion, in tokens")
     temperature: float = knob(1.0, "student sampling temperature for rollouts (the paper: 1.0)")
     system_prompt: str | None = knob(None, "system message prepended to every prompt (none by default)")
+    dtype: str = knob("auto", "student weights, loaded and saved: bf16, fp16 (GPU only), fp32 (no autocast), or auto (fp32 weights; bf16 autocast on a GPU that has it)", choices=DTYPE_CHOICES)
+    use_vllm: bool = knob(False, "sample student rollouts with vLLM through TRL's use_vllm path (GPU; entropies by one teacher-forced forward)", flag="--use-vllm")
+    vllm_mode: str = knob("colocate", "--use-vllm: colocate (vLLM inside the training process) or server (`trl vllm-serve`)", choices=("colocate", "server"), flag="--vllm-mode")
+    vllm_server_base_url: str | None = knob(None, "--vllm-mode server: the `trl vllm-serve` URL (default http://localhost:8000)", flag="--vllm-server-url")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "student.model", "must not be empty")
@@ -54,6 +61,12 @@ class StudentConfig:
         _check(self.generations >= 1, "student.generations", f"must be >= 1; got {self.generations}")
         _check(self.max_new_tokens >= 1, "student.max_new_tokens", f"must be >= 1; got {self.max_new_tokens}")
         _check(self.temperature > 0, "student.temperature", f"must be > 0; got {self.temperature}")
+        _check_choice(self.dtype, "student.dtype", DTYPE_CHOICES)
+
+
+# The local teacher an API teacher hands over to when the API stays down during a run. A
+# missing key falls back only to a --fallback-teacher the user named (no silent self-distillation).
+DEFAULT_FALLBACK_TEACHER = "local:smollm2"
 
 
 @dataclass
@@ -63,7 +76,7 @@ class TeacherConfig:
     base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
     temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
     token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
-    fallback: str = knob("local:smollm2", "local teacher used when the API has no key or fails past its deadline", flag="--fallback-teacher")
+    fallback: str | None = knob(None, f"local teacher used when the API fails past its deadline (unset: {DEFAULT_FALLBACK_TEACHER}); naming it also lets a run with no API key start on it", flag="--fallback-teacher")
     no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
     max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
     concurrency: int = knob(8, "requests in flight per (provider, model)", flag="--teacher-concurrency")
@@ -94,16 +107,19 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    path: str = knob("demo", "prompts: a .jsonl file, a `datasets` directory, or 'demo' (the packaged set)", flag="--data")
-    prompt_field: str = knob("question", "JSONL/dataset field holding the prompt text (GSM8K: question)")
+    path: str = knob("demo", "prompts: a .jsonl/.json/.parquet/.csv file, a `save_to_disk` directory, a `datasets` name (with --data-config, --split), or 'demo' (the packaged set)", flag="--data")
+    prompt_field: str = knob("question", "field holding the prompt: text, or a list of chat messages (TRL's conversational 'prompt'); GSM8K: question")
     answer_field: str | None = knob(None, "field holding the reference answer (kept for verifiers and eval)")
-    split: str = knob("train", "split to read from a `datasets` directory")
+    split: str = knob("train", "split to read from a `save_to_disk` directory or a `datasets` name")
+    config: str | None = knob(None, "`datasets` config name for --data NAME (GSM8K: main)", flag="--data-config")
     limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
+    max_row_bytes: int = knob(1_000_000, "longest row accepted (JSONL line bytes; prompt characters otherwise); a longer one is an error naming its line", flag="--data-max-row-bytes")
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", "must not be empty")
         _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
+        _check(self.max_row_bytes >= 1, "data.max_row_bytes", f"must be >= 1; got {self.max_row_bytes}")
 
 
 @dataclass
@@ -136,6 +152,10 @@ class ScorerConfig:
         _check(self.trim_slack >= 0, "scorer.trim_slack", f"must be >= 0; got {self.trim_slack}")
 
 
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+
+
 @dataclass
 class LearnerConfig:
     beta: float = knob(0.1, "weight of the exact KL(pi_ref || pi_theta) anchor on unaudited tokens (the paper: 0.1)")
@@ -146,9 +166,22 @@ class LearnerConfig:
     max_grad_norm: float = knob(1.0, "gradient clipping norm")
     max_steps: int = knob(3, "optimizer steps to run", flag="--max-steps")
     seed: int = knob(0, "seed for sampling, data order and initialisation", flag="--seed")
+    num_epochs: float | None = knob(None, "passes over the prompts; when set it replaces --max-steps", flag="--num-epochs")
+    gradient_accumulation_steps: int = knob(1, "micro-batches per optimizer step: each step's prompts_per_step * generations completions are split into this many (TRL's steps_per_generation)")
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward to save memory (TRL/transformers gradient_checkpointing)")
+    lr_scheduler: str = knob("constant", "learning-rate schedule (transformers' lr_scheduler_type)", choices=LR_SCHEDULERS)
+    warmup_ratio: float = knob(0.0, "share of the run spent warming the learning rate up from 0, in [0, 1)")
+    async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
+                               "1: one step stale, corrected by the PPO ratio against the recorded behaviour log-probs)",
+                            flag="--async-steps")
 
     def __post_init__(self) -> None:
+        _check(self.num_epochs is None or self.num_epochs > 0, "learner.num_epochs", f"must be > 0; got {self.num_epochs}")
+        _check(self.gradient_accumulation_steps >= 1, "learner.gradient_accumulation_steps", f"must be >= 1; got {self.gradient_accumulation_steps}")
+        _check_choice(self.lr_scheduler, "learner.lr_scheduler", LR_SCHEDULERS)
+        _check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", f"must be in [0, 1); got {self.warmup_ratio}")
         _check(self.beta >= 0, "learner.beta", f"must be >= 0; got {self.beta}")
+        _check(0 <= self.async_steps <= 4, "learner.async_steps", f"must be in 0..4 (staleness is bounded); got {self.async_steps}")
         _check(self.learning_rate > 0, "learner.learning_rate", f"must be > 0; got {self.learning_rate}")
         _check(self.prompts_per_step >= 1, "learner.prompts_per_step", f"must be >= 1; got {self.prompts_per_step}")
         _check(self.updates_per_batch >= 1, "learner.updates_per_batch", f"must be >= 1; got {self.updates_per_batch}")
@@ -219,14 +252,20 @@ class MethodConfig:
 @dataclass
 class OutputConfig:
     dir: str = knob("runs/omniopd", "run directory: config.yaml, metrics.jsonl, checkpoints, final model", flag="--output")
-    save_steps: int = knob(1, "save a resumable checkpoint every N steps")
+    save_steps: int = knob(1, "save a resumable checkpoint every N steps (and at the last); 0 = none, final/ only")
     save_total_limit: int | None = knob(2, "keep at most N checkpoints (unset keeps all)")
     report_to: str = knob("none", "TRL/transformers report_to: none, tensorboard, wandb, ... (comma-separated)")
     resume: bool = knob(False, "resume from the newest checkpoint in the run directory", flag="--resume")
+    run_name: str | None = knob(None, "run name shown by report_to backends (wandb, tensorboard, ...)")
+    logging_dir: str | None = knob(None, "tensorboard log directory (transformers' TENSORBOARD_LOGGING_DIR); unset = under the run directory")
+    push_to_hub: bool = knob(False, "push checkpoints and the final model to the Hugging Face Hub (needs a hub and a token)")
+    hub_model_id: str | None = knob(None, "repository for --push-to-hub (user/name); unset = the run directory's name")
+    log_completions: bool = knob(False, "log each step's completion and fork tables (TRL's log_completions: completions/*.parquet, wandb, trackio; tensorboard text)", flag="--log-completions")
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")
-        _check(self.save_steps >= 1, "output.save_steps", f"must be >= 1; got {self.save_steps}")
+        _check(self.hub_model_id is None or self.push_to_hub, "output.hub_model_id", "only applies with --push-to-hub")
+        _check(self.save_steps >= 0, "output.save_steps", f"must be >= 0; got {self.save_steps}")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
 
 
@@ -258,6 +297,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    trl: dict[str, Any] = field(default_factory=dict)  # extra trl.GRPOConfig fields (see `check_trl_section`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,9 +306,64 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+TRL_SECTION = "trl"
+# GRPOConfig fields omniopd sets from its own knobs (or must hold for the learner to be correct)
+TRL_MANAGED = {
+    "output_dir": "output.dir", "per_device_train_batch_size": "learner.prompts_per_step", "num_generations": "student.generations",
+    "steps_per_generation": "learner.gradient_accumulation_steps", "gradient_accumulation_steps": "learner.gradient_accumulation_steps",
+    "num_iterations": "learner.updates_per_batch", "max_steps": "learner.max_steps", "num_train_epochs": "learner.num_epochs",
+    "learning_rate": "learner.learning_rate", "lr_scheduler_type": "learner.lr_scheduler", "warmup_steps": "learner.warmup_ratio",
+    "max_grad_norm": "learner.max_grad_norm", "epsilon": "learner.epsilon", "beta": "learner.beta (the exact KL anchor; TRL's must stay 0)",
+    "loss_type": "omniopd's loss (omniopd/loss.py)", "temperature": "student.temperature",
+    "max_completion_length": "student.max_new_tokens", "save_steps": "output.save_steps", "save_total_limit": "output.save_total_limit",
+    "report_to": "output.report_to", "seed": "learner.seed", "data_seed": "learner.seed", "bf16": "student.dtype", "fp16": "student.dtype",
+    "gradient_checkpointing": "learner.gradient_checkpointing", "run_name": "output.run_name", "push_to_hub": "output.push_to_hub",
+    "hub_model_id": "output.hub_model_id", "remove_unused_columns": "omniopd (must be false)", "use_cpu": "omniopd (from the machine)",
+}
+
+
+# GRPOConfig fields that act in code omniopd replaces (TRL's loss, TRL's generation, reward
+# functions): accepting them would silently do nothing
+TRL_UNUSED_PREFIXES = ("vllm_", "vespo_", "sapo_", "entropy_coef", "ref_model_")
+TRL_UNUSED = {
+    "cast_lm_head_to_fp32", "delta", "entropy_target", "use_adaptive_entropy", "importance_sampling_level",
+    "off_policy_mask_threshold", "top_entropy_quantile", "use_bias_correction_kl", "scale_rewards", "reward_weights",
+    "multi_objective_aggregation", "mask_truncated_completions", "sync_ref_model", "top_k", "top_p", "min_p",
+    "repetition_penalty", "generation_kwargs", "cache_implementation", "use_vllm", "use_transformers_paged",
+    "use_transformers_continuous_batching", "transformers_continuous_batching_config", "generation_batch_size",
+    "max_tool_calling_iterations", "chat_template_kwargs", "num_generations_eval",
+}
+
+
+def check_trl_section(values: Any) -> dict[str, Any]:
+    """The YAML `trl:` mapping: extra `trl.GRPOConfig` fields passed through unchanged.
+
+    Unknown names fail with their dotted key (`trl.<name>`); fields omniopd sets itself name the
+    omniopd knob to use instead. Values are checked when the GRPOConfig is built (train start).
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError("trl: must be a mapping of trl.GRPOConfig fields to values")
+    if not values:
+        return {}
+    from trl import GRPOConfig
+
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for key in values:
+        if key in TRL_MANAGED:
+            raise ConfigError(f"trl.{key}: set by omniopd; use {TRL_MANAGED[key]} instead")
+        if key in TRL_UNUSED or key.startswith(TRL_UNUSED_PREFIXES):
+            raise ConfigError(f"trl.{key}: acts in TRL's own loss, generation or rewards, which omniopd replaces "
+                              "(omniopd/loss.py, omniopd/rollouts.py); it would have no effect")
+        if key not in known:
+            raise ConfigError(f"trl.{key}: not a field of trl.GRPOConfig (see `python -c \"from trl import GRPOConfig; help(GRPOConfig)\"`)")
+    return dict(values)
+
+
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.name != TRL_SECTION}
 
 
 SECTIONS: dict[str, type] = _section_types()
@@ -313,7 +408,10 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     file_values = file_values or {}
     if not isinstance(file_values, dict):
         raise ConfigError("config file: the top level must be a mapping of sections (student:, teacher:, ...)")
+    trl_values = check_trl_section(file_values.get(TRL_SECTION))
     for section, values in file_values.items():
+        if section == TRL_SECTION:
+            continue
         if section not in SECTIONS:
             raise ConfigError(f"{section}: unknown config section; known: {', '.join(SECTIONS)}")
         if values is None:
@@ -336,7 +434,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
                 raise ConfigError(f"{section}.{key}: unknown key; known keys of {section}: {', '.join(sorted(known))}")
             kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
         sections[section] = cls(**kwargs)
-    return TrainConfig(**sections)
+    return TrainConfig(**sections, trl=trl_values)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,32 @@ Every error a user can meet derives from `OmniOPDError`, and every message says 
 next. The CLI catches `OmniOPDError`, prints its message and exits 2 — no traceback for a
 mistake the user can fix. Anything else is a bug and keeps its traceback.
 
+    OmniOPDError
+    ├── ConfigError (ValueError)            a key, flag or value is unknown or out of range
+    ├── DataError (ValueError)              a dataset row is malformed (file and line named)
+    ├── ModelNotFoundError (FileNotFoundError)
+    ├── TeacherError                        carries provider, status, retry_after_s, request_id
+    │   ├── TeacherUnavailableError         transport failures outlasted the retry deadline
+    │   ├── TeacherAuthError                401/403 or no key: never retried, triggers fallback
+    │   ├── TeacherQuotaError               402, or a 429 that waiting will not fix
+    │   ├── TeacherCapabilityError          other 4xx: the model rejected the request's shape
+    │   ├── TeacherResponseError            unparseable or invalid answer (empty, too long, ...)
+    │   ├── TeacherAccessError              the method needs logprobs/tokenizer this teacher lacks
+    │   └── BudgetExceededError             --max-teacher-usd reached (spent, cap, needed)
+    ├── CacheError
+    │   ├── CacheCorruptError               not SQLite, truncated, damaged, not an omniopd cache
+    │   ├── CacheSchemaError                schema newer (or older, read-only) than this code
+    │   ├── CacheReadOnlyError              the path cannot be written
+    │   ├── CacheFullError                  disk or file-size limit full; the write rolled back
+    │   └── CacheMissError                  replay/read-only needed a sample that is not stored
+    └── ReplayError                         a recorded run cannot be replayed
+
+Errors carry their facts as attributes (`TeacherError.provider`, `.status`, `.retry_after_s`,
+`.request_id`; `BudgetExceededError.spent_usd`, `.cap_usd`, `.needed_usd`), not only in the
+message, and every error pickles with them (they cross process boundaries in multi-process
+runs and in `concurrent.futures`): the facts are keyword arguments with defaults and live in
+`__dict__`, which `BaseException.__reduce__` carries.
+
 This module imports nothing heavy: `providers/`, `cache/` and `scheduler/` import it.
 """
 
@@ -29,7 +55,28 @@ class ModelNotFoundError(OmniOPDError, FileNotFoundError):
 
 # --- teachers ----------------------------------------------------------------------------
 class TeacherError(OmniOPDError):
-    """A teacher could not produce samples."""
+    """A teacher could not produce samples.
+
+    `provider` (e.g. "anthropic"), `status` (the HTTP status, None for transport failures),
+    `retry_after_s` (the server's wait hint) and `request_id` (the provider's id of the failed
+    request, for a support ticket) are None when unknown.
+    """
+
+    def __init__(self, message: str = "", *, provider: str | None = None, status: int | None = None,
+                 retry_after_s: float | None = None, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.request_id = request_id
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def facts(self) -> dict[str, object]:
+        """The error's facts, for logs and metrics (never a key: messages are redacted at the source)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 class TeacherUnavailableError(TeacherError):
@@ -57,7 +104,18 @@ class TeacherAccessError(TeacherError):
 
 
 class BudgetExceededError(TeacherError):
-    """`--max-teacher-usd` was reached; the run stops cleanly and can be resumed."""
+    """`--max-teacher-usd` was reached; the run stops cleanly and can be resumed.
+
+    `spent_usd` is what the run's ledger holds as spent (plus reserved by requests in flight),
+    `cap_usd` the cap, `needed_usd` the worst-case cost of the request that was refused.
+    """
+
+    def __init__(self, message: str = "", *, spent_usd: float | None = None, cap_usd: float | None = None,
+                 needed_usd: float | None = None, **facts) -> None:
+        super().__init__(message, **facts)
+        self.spent_usd = spent_usd
+        self.cap_usd = cap_usd
+        self.needed_usd = needed_usd
 
 
 # --- cache and replay ----------------------------------------------------------------------
@@ -87,3 +145,7 @@ class CacheMissError(CacheError):
 
 class ReplayError(OmniOPDError):
     """A recorded run cannot be replayed (missing episodes, incompatible student)."""
+
+
+class ReportError(OmniOPDError):
+    """A run cannot be read for `omniopd report/inspect/export`, or an export cannot be written or pushed."""

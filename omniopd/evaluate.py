@@ -23,6 +23,7 @@ import torch
 
 from omniopd.answers import extract_answer, is_correct, pass_at_k
 from omniopd.errors import DataError
+from omniopd.rollouts import render_messages
 
 
 @dataclass
@@ -61,11 +62,9 @@ class EvalResult:
 
 
 def render_prompts(tokenizer, rows: list[dict[str, Any]]) -> list[str]:
-    """Each row's messages through the tokenizer's chat template, ready for generation."""
-    if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    # no template (a base model): plain text, one turn per line
-    return ["\n".join(m["content"] for m in r["prompt"]) + "\n" for r in rows]
+    """Each row's messages as generation input (`omniopd.rollouts.render_messages`: the chat
+    template, or plain text for a base model) — the same format training uses."""
+    return render_messages(tokenizer, [r["prompt"] for r in rows])
 
 
 @torch.no_grad()

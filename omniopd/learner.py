@@ -1,4 +1,4 @@
-"""The OmniOPD learner: a `trl.GRPOTrainer` subclass at its two documented hooks (DESIGN §1.5).
+"""The OmniOPD learner: a `trl.GRPOTrainer` subclass at two documented hooks (DESIGN §1.5).
 
     L = - sum_chunks pihat_c * sum_{t in c} log pi_theta(y_t)  +  beta * sum_{t unaudited} KL(pi_ref || pi_theta)(t)
 
@@ -7,11 +7,23 @@
   on audited tokens, 0 elsewhere. TRL's policy term then gives exactly -pihat * grad log pi
   on audited tokens (its ratio is 1 on the first pass; PPO clipping only acts when rollouts
   are reused, `updates_per_batch > 1`).
-- `_compute_loss`: TRL's loss with its own k3 `beta` set to 0, plus the exact full-vocabulary
-  KL(pi_ref || pi_theta) on unaudited completion tokens. The policy logits come from the same
-  forward TRL's loss uses (`_get_per_token_logps_and_entropies` is overridden to keep them),
-  so the anchor costs one extra no-grad forward of the reference, not a second policy pass.
-  pi_ref is the base student: the adapter disabled under LoRA, else a frozen copy.
+- `--async-steps N` (`async_steps`): the teacher answers while the student works. Each call
+  keeps up to N + 1 started batches (rollouts sampled, teacher requests sent) and trains on the
+  oldest, so the rollouts of step s+1 are sampled while the teacher answers step s and every
+  update's rollouts are at most N steps stale (`omniopd/rollout_staleness`). Staleness is
+  corrected by TRL's own PPO machinery: `old_per_token_logps` is set to the behaviour log-probs
+  recorded at sampling, so the loss weighs each token by the clipped ratio pi_theta / pi_behaviour
+  (TRL's `epsilon`); `--drift-gate block` is the documented companion. N = 0 is today's order.
+  The queue never holds more than N + 1 batches: a teacher outage blocks the step (until the
+  client's deadline turns it into per-chunk failures), it never piles up work.
+- `--use-vllm`: rollouts come from TRL's vLLM path (`_generate`, colocate or server mode);
+  log pi(y_t) and H_t are recomputed by one teacher-forced student forward (omniopd/recompute.py).
+- `compute_loss`: one policy backbone forward, the per-token terms from `omniopd.head` (log
+  pi_theta(y_t), the exact full-vocabulary KL(pi_ref || pi_theta) on unaudited tokens, a
+  method's top-k log-probs) computed in slices of the sequence so no (B, T, V) tensor exists,
+  and the loss itself from the pure `omniopd.loss.omniopd_loss`. pi_ref is the base student:
+  the adapter disabled under LoRA, else a frozen copy placed by accelerate like the policy
+  (DeepSpeed / FSDP / DDP), as TRL places its own reference model.
 
 Normalisation (the paper writes a plain sum): both terms are summed over tokens and divided by
 the number of completion tokens in the batch (TRL's `loss_type="dapo"` normaliser), so their
@@ -20,18 +32,27 @@ ratio is the paper's and the scale does not depend on completion length.
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
+import math
 import time
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from omniopd.errors import BudgetExceededError
+from omniopd.head import HeadRequest
+from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
 from omniopd.methods.signals import MethodSignals, ScoredBatch
 from omniopd.pipeline import Pipeline
-from omniopd.rollouts import entropy_B, generate_rollouts
+from omniopd.recompute import rollouts_from_token_ids
+from omniopd.rollouts import Rollouts, generate_rollouts
 
 
 def chunk_weights_reward(prompts, completions, **kwargs):
@@ -55,7 +76,8 @@ class OmniOPDTrainer(GRPOTrainer):
 
     def __init__(self, *args, pipeline: Pipeline | None = None, kl_beta: float = 0.1, max_new_tokens: int = 256,
                  ref_model: torch.nn.Module | None = None, progress: bool = False, replay=None,
-                 method: MethodSignals | None = None, drift_gate: DriftGate | None = None, **kwargs):
+                 method: MethodSignals | None = None, drift_gate: DriftGate | None = None, async_steps: int = 0,
+                 **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
         if ref_model is None and kwargs.get("peft_config") is None and kl_beta > 0:
@@ -72,20 +94,28 @@ class OmniOPDTrainer(GRPOTrainer):
         self.method = method
         self.kl_beta = kl_beta
         self.drift_gate = drift_gate if drift_gate is not None and drift_gate.enabled else None
-        self._loss_inputs: dict | None = None
-        self._last_gates: torch.Tensor | None = None
-        if self.drift_gate is not None:
-            # TRL multiplies `get_off_policy_mask(...)` into its per-token policy loss whenever this
-            # is not None; the drift gate rides on that hook (see `get_off_policy_mask` below).
-            self.off_policy_mask_threshold = 0.0
         self.max_new_tokens = max_new_tokens
         self.progress = progress
-        self._keep_logits = False
-        self._kept_logp: torch.Tensor | None = None
+        self.async_steps = async_steps
+        # started batches, oldest first: (global step when sampled, callable that finishes its scoring)
+        self._ahead: collections.deque[tuple[int, Callable[[], ScoredBatch]]] = collections.deque()
         self._uses_peft = hasattr(self.model, "disable_adapter")
+        add_head_output(self.model.get_base_model() if self._uses_peft else self.model)
         if ref_model is not None:
-            ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+            ref_model.requires_grad_(False).eval()
+            add_head_output(ref_model)
+            ref_model = self._prepare_reference(ref_model)
         self.omni_ref_model = ref_model
+
+    def _prepare_reference(self, ref_model):
+        """The frozen reference placed like the policy: DeepSpeed, FSDP or plain accelerate (as TRL's own ref_model)."""
+        from trl.models import prepare_deepspeed, prepare_fsdp
+
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref_model, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     # -- rollouts and audit -------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,16 +123,27 @@ class OmniOPDTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
-                rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
-            else:
-                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                             progress=self.progress)
-            t1 = time.perf_counter()
-            audit = self._score_rollouts(rollouts, inputs, unwrapped)
+            # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness);
+            # evaluation never takes from (or adds to) the training queue
+            queue = self._ahead if mode == "train" else collections.deque()
+            sampling_s = 0.0
+            while len(queue) < self._batches_wanted(mode):
+                t_sample = time.perf_counter()
+                if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+                    rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+                elif self.use_vllm:
+                    rollouts = self._vllm_rollouts(unwrapped, prompts)
+                else:
+                    rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                                 progress=self.progress)
+                sampling_s += time.perf_counter() - t_sample
+                queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
+            sampled_at, finish = queue.popleft()
+            audit = finish()
         rollouts = audit.rollouts
         t2 = time.perf_counter()
+        t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
         device = self.accelerator.device
         completion_mask = rollouts.completion_mask.to(device)
         student_rows = audit.student_rows or completion_mask.size(0)  # rows a signal appended are not normalised over
@@ -119,122 +160,187 @@ class OmniOPDTrainer(GRPOTrainer):
             "num_items_in_batch": num_items,
         }
         out.update({k: v.to(device) for k, v in audit.extra.items()})
-        if self.num_iterations > 1:
-            # the behaviour policy's log-probs, recorded at sampling time: PPO's pi_old
+        if self.num_iterations > 1 or self.async_steps > 0:
+            # the behaviour policy's log-probs, recorded at sampling time: PPO's pi_old. TRL's loss
+            # then weighs each token by the clipped ratio pi_theta / pi_behaviour, which corrects
+            # for rollouts reused (num_iterations) or sampled steps ago (--async-steps).
             out["old_per_token_logps"] = out["behaviour_logps"]
+        local = {f"omniopd/{name}": value for name, value in audit.metrics.items()}
+        local.update({"omniopd/rollout_seconds": t1 - t0, "omniopd/rollout_staleness": float(self.state.global_step - sampled_at),
+                      "omniopd/audit_seconds": t2 - t1,
+                      "completions/mean_length": float(n_tokens) / max(1, student_rows)})
+        if self.pipeline is not None:
+            local["omniopd/teacher_samples_total"] = float(self.pipeline.teacher_samples_total)
         m = self._metrics[mode]
-        for name, value in audit.metrics.items():
-            m[f"omniopd/{name}"].append(value)
-        m["omniopd/rollout_seconds"].append(t1 - t0)
-        m["omniopd/audit_seconds"].append(t2 - t1)
-        m["completions/mean_length"].append(float(n_tokens) / max(1, student_rows))
+        for name, value in reduce_over_processes(local, self.accelerator).items():
+            m[name].append(value)
         return out
 
-    def _score_rollouts(self, rollouts, inputs: list[dict[str, Any]], student) -> ScoredBatch:
-        """Per-token advantages for this batch: the OmniOPD audit, or the configured method's signals."""
+    def _vllm_rollouts(self, student, prompts) -> Rollouts:
+        """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
+        log pi(y_t) and the exact H_t by one teacher-forced forward of the student (vLLM reports
+        neither full-vocabulary entropies nor log-probs under the trainer's numerics).
+
+        Only run where a GPU and vLLM are present; CPU tests cover `rollouts_from_token_ids`.
+        """
+        prompt_ids, completion_ids = self._generate(prompts)[:2]
+        return rollouts_from_token_ids(student, self.processing_class, prompts, prompt_ids, completion_ids,
+                                       temperature=self.temperature)
+
+    def _batches_wanted(self, mode: str) -> int:
+        """How many started batches the queue should hold before this call takes the oldest.
+
+        Sync (`async_steps=0`) and eval: 1, i.e. generate, score, train, in that order. With N > 0:
+        N + 1, so N batches stay in flight with the teacher while this one trains; near the end
+        fewer, so that no batch is started that no step would use.
+        """
+        if mode != "train" or self.async_steps == 0:
+            return 1
+        if self.args.max_steps <= 0:  # no step count to drain towards
+            return self.async_steps + 1
+        calls_left = math.ceil(self.args.max_steps / self.num_iterations) - self.state.global_step // self.num_iterations
+        return max(1, min(self.async_steps + 1, calls_left))
+
+    def _start_scoring(self, rollouts, inputs: list[dict[str, Any]], student) -> Callable[[], ScoredBatch]:
+        """Start this batch's per-token advantages (OmniOPD audit or the method's signals); call the result to finish.
+
+        Sync (`async_steps=0`) scores here, in full (`Pipeline.audit` / `MethodSignals.score`);
+        async sends the teacher requests now and waits for them in the returned callable.
+        """
+        step = self.state.global_step
+        agree = self._ranks_agree_on_budget
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
-            return self.method.score(rollouts, golds, self.state.global_step, student)
-        audit = self.pipeline.audit(rollouts, step=self.state.global_step)
-        return ScoredBatch(rollouts, audit.advantages_B_T, audit.audit_mask_B_T, metrics=audit.metrics)
+            if self.async_steps == 0:
+                scored = agree(lambda: self.method.score(rollouts, golds, step, student))
+                return lambda: scored
+            finish = self.method.start(rollouts, golds, step, student)
+            return lambda: agree(lambda: finish(step=self.state.global_step))
+        if self.async_steps == 0:
+            audit = agree(lambda: self.pipeline.audit(rollouts, step=step))
+            return lambda: self._scored(audit, rollouts)
+        pending = self.pipeline.start(rollouts, step=step)
+        # finished when a step takes it: the episode is recorded under the step that trains on it
+        return lambda: self._scored(agree(lambda: self.pipeline.finish(pending, step=self.state.global_step)), rollouts)
+
+    def _ranks_agree_on_budget(self, score: Callable[[], Any]) -> Any:
+        """`score()`, except that when any rank meets the spend cap (`BudgetExceededError` from the
+        run's shared ledger) every rank raises it, at the same point: one rank stopping alone
+        would leave the others waiting in the gradient all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return score()
+        from accelerate.utils import gather_object
+
+        error = None
+        try:
+            out = score()
+        except BudgetExceededError as exc:
+            error, out = exc, None
+        if any(gather_object([error is not None])):
+            raise error or BudgetExceededError(
+                "another rank of this run reached --max-teacher-usd; the run stopped cleanly with a checkpoint — "
+                "raise --max-teacher-usd and rerun with --resume to continue")
+        return out
+
+    @staticmethod
+    def _scored(audit, rollouts) -> ScoredBatch:
+        return ScoredBatch(audit.rollouts or rollouts, audit.advantages_B_T, audit.audit_mask_B_T, extra=audit.extra,
+                           metrics=audit.metrics)
 
     # -- loss -----------------------------------------------------------------------------------
-    def get_off_policy_mask(self, advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
-        """TRL's per-token loss factor hook, used for the blockwise policy-drift gate.
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The one loss override: per-token terms from `omniopd.head`, the loss from `omniopd.loss`.
 
-        Gates compare the current policy's log-probs (this forward) with the behaviour policy's,
-        recorded at sampling (or in the replayed episode); detached, mean 1 over valid tokens.
+        Replaces TRL's `_compute_loss` (whose policy term, with beta = 0 and loss_type "dapo",
+        `omniopd_loss` reproduces) so that every input of the loss is explicit and nothing is
+        carried between TRL's private methods.
         """
-        if self.drift_gate is None:
-            return super().get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask,
-                                               off_policy_threshold)
-        inputs = self._loss_inputs
-        gates = self.drift_gate.gates_B_T(per_token_logps, inputs["behaviour_logps"], mask, inputs["completion_ids"])
-        self._last_gates = gates
+        if return_outputs:
+            raise ValueError("OmniOPDTrainer does not return outputs from compute_loss")
         mode = "train" if self.model.training else "eval"
-        with torch.no_grad():
-            valid = mask.bool()
-            drift = (per_token_logps.detach() - inputs["behaviour_logps"]).abs()
-            self._metrics[mode]["omniopd/drift_abs_mean"].append(float(drift[valid].mean()) if valid.any() else 0.0)
-            self._metrics[mode]["omniopd/drift_gate_min"].append(float(gates[valid].min()) if valid.any() else 1.0)
-        return gates
+        mask = inputs["completion_mask"]
+        terms = self._token_terms_B_T(model, inputs)
+        logp = terms["logp"]
+        gate = None
+        if self.drift_gate is not None:
+            gate = self.drift_gate.gates_B_T(logp.detach(), inputs["behaviour_logps"], mask, inputs["completion_ids"])
+        extra = None if self.method is None else self.method.extra_loss_B_T(terms.get("ids_logp"), inputs)
+        old = inputs.get("old_per_token_logps")
+        loss, stats = omniopd_loss(
+            logp, logp.detach() if old is None else old, inputs["advantages"], mask, inputs["audit_mask"],
+            normaliser=self._token_normalizer(inputs, mode), beta=self.kl_beta, kl_B_T=terms.get("kl"),
+            gate_B_T=gate, extra_B_T=extra, epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high)
+        self._log_loss_stats(mode, stats, terms, mask, gate, extra is not None, inputs)
+        return loss
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, **kwargs):
-        if not self._keep_logits:
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, **kwargs)
-        # One ordinary forward whose full log-softmax is kept for the exact KL anchor.
-        logp = self._completion_logp_B_T_V(model, input_ids, attention_mask, logits_to_keep)
-        targets = input_ids[:, -logits_to_keep:]
-        per_token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        entropies = None
-        if compute_entropy:
-            with torch.no_grad():
-                entropies = entropy_B(logp)
-        self._kept_logp = logp
-        return per_token, entropies, None
+    def _token_terms_B_T(self, model, inputs) -> dict[str, torch.Tensor]:
+        """(B, T) log pi(y_t), entropy, KL(pi_ref || pi) on anchored tokens, log pi at a method's ids.
 
-    def _completion_logp_B_T_V(self, model, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+        One forward of the policy (through its DDP/DeepSpeed/FSDP wrapper) that applies the head
+        in slices (`omniopd.head`), so no (B, T, V) tensor exists. The reference (the adapter
+        disabled under LoRA, else the frozen copy) runs one no-grad forward when the anchor is on.
+        """
+        completion_ids = inputs["completion_ids"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        valid = inputs["completion_mask"].bool()
+        req = HeadRequest(valid, targets_N=completion_ids[valid], temperature=self.temperature)
+        if self.kl_beta > 0:
+            req.ref_hidden_N_H, req.ref_weight_V_H, req.ref_bias_V = self._reference_hidden(input_ids, attention_mask, valid)
+            req.kl_mask_N = (~inputs["audit_mask"].bool())[valid]
+        ids = None if self.method is None else self.method.head_ids_B_T_K(inputs)
+        if ids is not None:
+            req.ids_N_K = ids[valid]
         with self.accelerator.autocast():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1).logits
-        logits = logits[:, :-1].float() / self.temperature
-        return torch.log_softmax(logits, dim=-1)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
+        terms = {"logp": _unflatten(out.logp_N, valid), "entropy": _unflatten(out.entropy_N, valid)}
+        if out.kl_N is not None:
+            terms["kl"] = _unflatten(out.kl_N, valid)
+        if out.ids_logp_N_K is not None:
+            terms["ids_logp"] = _unflatten(out.ids_logp_N_K, valid)
+        return terms
 
     @torch.no_grad()
-    def _reference_logp_B_T_V(self, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+    def _reference_hidden(self, input_ids, attention_mask, valid_B_T):
+        """(hidden (N, H), head weight, head bias) of pi_ref at the positions predicting the valid tokens."""
+        req = HeadRequest(valid_B_T, hidden_only=True)
         if self._uses_peft:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with unwrapped.disable_adapter():
-                return self._completion_logp_B_T_V(self.model, input_ids, attention_mask, logits_to_keep)
-        return self._completion_logp_B_T_V(self.omni_ref_model, input_ids, attention_mask, logits_to_keep)
+            with unwrapped.disable_adapter(), self.accelerator.autocast():
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
+            return (hidden, *_head_params(unwrapped))
+        with self.accelerator.autocast():
+            hidden = self.omni_ref_model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
+        return (hidden, *_head_params(self.accelerator.unwrap_model(self.omni_ref_model)))
 
-    def _compute_loss(self, model, inputs):
-        anchor = self.kl_beta > 0
-        self._keep_logits = anchor or (self.method is not None and self.method.needs_logits)
-        self._loss_inputs, self._last_gates = inputs, None
-        try:
-            policy_loss = super()._compute_loss(model, inputs)
-        finally:
-            self._keep_logits = False
-            self._loss_inputs = None
-        mode = "train" if self.model.training else "eval"
-        normalizer = self._token_normalizer(inputs, mode)
-        mask = inputs["completion_mask"].float()
-        adv = inputs["advantages"]
+    def _log_loss_stats(self, mode, stats, terms, mask, gate, has_extra: bool, inputs) -> None:
+        """Loss stats into TRL's metrics, each averaged over the processes (so every rank logs the same)."""
         m = self._metrics[mode]
-        logp = self._kept_logp
-        self._kept_logp = None
-        policy_loss = policy_loss + self._method_extra_loss(logp, inputs, mask, normalizer, m)
-        if not anchor:
-            m["omniopd/kl"].append(0.0)
-            return policy_loss
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        T = inputs["completion_ids"].size(1)
-        ref_logp = self._reference_logp_B_T_V(input_ids, attention_mask, T)
-        kl_B_T = exact_kl_B_T(ref_logp, logp)
-        kl_mask = mask * (~inputs["audit_mask"]).float()
-        kl_term = (kl_B_T * kl_mask).sum() / normalizer
-        with torch.no_grad():
-            per_token = logp.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
-            chunk_term = -(adv * per_token * mask).sum() / normalizer
-            m["omniopd/chunk_loss"].append(float(chunk_term))
-            m["omniopd/kl_loss"].append(float(self.kl_beta * kl_term))
-            m["omniopd/kl"].append(float((kl_B_T * kl_mask).sum() / kl_mask.sum().clamp(min=1.0)))
-        return policy_loss + self.kl_beta * kl_term
+        mean = self._mean_over_processes
+        valid = mask.bool()
+        m["omniopd/chunk_loss"].append(mean(stats["chunk_loss"]))
+        m["omniopd/kl_loss"].append(mean(stats["kl_loss"]))
+        m["omniopd/kl"].append(mean(stats["kl"]))
+        m["omniopd/policy_loss"].append(mean(stats["policy_loss"]))
+        m["clip_ratio/region_mean"].append(mean(stats["clip_ratio"]))
+        ent = terms["entropy"]
+        m["entropy"].append(mean(ent[valid].mean() if valid.any() else ent.new_zeros(())))
+        if has_extra:
+            m["omniopd/method_extra_loss"].append(mean(stats["extra_loss"]))
+        if gate is not None:
+            drift = (terms["logp"].detach() - inputs["behaviour_logps"]).abs()
+            zero, one = drift.new_zeros(()), drift.new_ones(())
+            m["omniopd/drift_abs_mean"].append(mean(drift[valid].mean() if valid.any() else zero))
+            m["omniopd/drift_gate_min"].append(-mean(-(gate[valid].min() if valid.any() else one), "max"))
 
-    def _method_extra_loss(self, logp, inputs, mask, normalizer, m) -> torch.Tensor | float:
-        """A method's own per-token loss term (TrOPD's outlier forward KL), drift-gated like the rest."""
-        extra = None if self.method is None else self.method.extra_loss_B_T(logp, inputs)
-        if extra is None:
-            return 0.0
-        if self._last_gates is not None:
-            extra = extra * self._last_gates
-        term = (extra * mask).sum() / normalizer
-        m["omniopd/method_extra_loss"].append(float(term.detach()))
-        return term
+    def _mean_over_processes(self, value: torch.Tensor, how: str = "mean") -> float:
+        v = self.accelerator.gather(value.detach().float().reshape(1).to(self.accelerator.device))
+        return float(v.max() if how == "max" else v.mean())
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """TRL's GRPO card (no base model, "trained with GRPO", DeepSeekMath) is not written:
+        `final/README.md` is omniopd's own (`omniopd.model_card`, written by `train.save_final`)."""
+        return None
 
     def _token_normalizer(self, inputs, mode: str) -> torch.Tensor:
         # TRL's "dapo" normaliser: completion tokens of the generation batch, rescaled to one
@@ -243,3 +349,70 @@ class OmniOPDTrainer(GRPOTrainer):
         if mode == "train":
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         return normalizer
+
+
+# Audit metrics that count things (or money) per process: summed over processes; seconds: the
+# slowest process; everything else (means, shares, minima of a step) is averaged.
+_SUMMED = ("forks", "forks_requested", "teacher_samples", "teacher_samples_total", "teacher_failed_chunks",
+           "teacher_cost_usd", "teacher_cost_usd_total", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
+           "replay_missed_forks_step", "teacher_scored_tokens", "sg_teacher_rows", "sg_teacher_offered",
+           "tropd_guided_rows", "tropd_prefix_tokens", "verifier_judged")
+
+
+def reduce_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """One step's per-process metrics made global: sums for counts, max for seconds, else the mean.
+
+    Every rank gets the same values, so whichever rank writes metrics.jsonl writes the run's.
+    Uses `gather_object` (the key sets may differ between ranks, e.g. a method's optional stats).
+    """
+    if accelerator.num_processes == 1:
+        return dict(metrics)
+    from accelerate.utils import gather_object
+
+    per_rank = gather_object([metrics])
+    out: dict[str, float] = {}
+    for key in sorted({k for d in per_rank for k in d}):
+        values = [float(d[key]) for d in per_rank if key in d]
+        name = key.split("/", 1)[-1]
+        if name in _SUMMED:
+            out[key] = sum(values)
+        elif name.endswith("_seconds"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def _unflatten(values_N: torch.Tensor, valid_B_T: torch.Tensor) -> torch.Tensor:
+    """Back to (B, T[, K]) with zeros where `valid_B_T` is False (differentiable in `values_N`)."""
+    shape = (*valid_B_T.shape, *values_N.shape[1:])
+    where = valid_B_T.reshape(*valid_B_T.shape, *([1] * (values_N.dim() - 1))).expand(shape)
+    return values_N.new_zeros(shape).masked_scatter(where, values_N)
+
+
+def _head_params(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the model's LM head; a LoRA-adapted head is refused (the head math would skip it)."""
+    head = model.get_output_embeddings()
+    if hasattr(head, "base_layer"):
+        raise ValueError("a LoRA adapter on lm_head is not supported: leave lm_head out of the adapter's target modules")
+    return head.weight, getattr(head, "bias", None)
+
+
+def add_head_output(model) -> None:
+    """Let `model(..., omniopd_head=HeadRequest(...))` run the backbone and then our sliced head.
+
+    The learner calls the (DDP/DeepSpeed/FSDP-wrapped) model so the wrapper's hooks run and the
+    head weight is used inside forward; other calls (generation) are unchanged. The same
+    technique as TRL's `add_fused_lm_head`, layered on top of it.
+    """
+    forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def _forward(self, *args, omniopd_head=None, **kwargs):
+        if omniopd_head is None:
+            return forward(*args, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        return omniopd_head.run(hidden, *_head_params(self))
+
+    model.forward = types.MethodType(_forward, model)

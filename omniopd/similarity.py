@@ -16,6 +16,7 @@ list[list[float]]` (one row per chunk), so embedding models can batch a whole st
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import re
 from collections import Counter
@@ -112,17 +113,32 @@ def numbers_similarity(a: str, b: str) -> float:
 
 
 class TokenF1Similarity:
-    """Multiset F1 over the student tokenizer's ids of the two texts (no special tokens)."""
+    """Multiset F1 over the student tokenizer's ids of the two texts (no special tokens).
+
+    The pipeline scores on its own thread while the learner tokenizes on the main one, and a
+    fast tokenizer's padding settings are shared state: phi encodes with a private copy of
+    the backend (padding and truncation off), never with the student's tokenizer object.
+    """
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            own = Tokenizer.from_str(backend.to_str())
+            own.no_padding()
+            own.no_truncation()
+            self._encode = lambda text: own.encode(text, add_special_tokens=False).ids
+        else:  # a slow (Python) tokenizer: a deep copy of its own
+            own = copy.deepcopy(tokenizer)
+            self._encode = lambda text: own.encode(text, add_special_tokens=False)
 
     def __call__(self, students: list[str], teachers: list[list[str]]) -> list[list[float]]:
         bags: dict[str, Counter] = {}
 
         def bag(text: str) -> Counter:
             if text not in bags:
-                bags[text] = Counter(self.tokenizer.encode(text, add_special_tokens=False))
+                bags[text] = Counter(self._encode(text))
             return bags[text]
 
         return [[multiset_f1(bag(s), bag(t)) for t in ts] for s, ts in zip(students, teachers, strict=True)]

@@ -1,12 +1,23 @@
-"""`omniopd train`: wire config -> student, data, teacher, scorer, pipeline, learner, and run.
+"""`omniopd train` as named steps, like torchtune's recipes (setup / train / cleanup).
 
-`run_train(cfg)` is the programmatic entry point; in-memory parts (`model`, `tokenizer`,
-`teacher`, `phi`) may be passed in — the lab and the tests use that to run the real training
-path on tiny models built in-process.
+`run_train(cfg)` is the programmatic entry point:
+
+1. the run directory's rules (`omniopd.run_dir`): refuse to overwrite, resume, or stop at once
+   when a resumed run has already reached `--max-steps`;
+2. setup, one function each: `setup_data` (before any model loads, so bad data fails fast;
+   then `config.yaml` is written), `setup_student`, `setup_teacher` (cache, episodes, replay),
+   `setup_pipeline` (OmniOPD's audit or another method's signals), `setup_trainer`;
+3. `train`: TRL's loop, resumed from the checkpoint; `--max-teacher-usd` stops it through
+   `BudgetStop`, a `TrainerCallback` that asks TRL to save and stop;
+4. `finish`: `final/` and the `TrainResult`.
+
+In-memory parts (`model`, `tokenizer`, `teacher`, `phi`) may be passed in — the lab and the
+tests use that to run the real training path on tiny models built in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,6 +28,10 @@ from typing import Any
 
 from omniopd.config import TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
+from omniopd.event_loop import process_loop
+from omniopd.preflight import preflight
+from omniopd.processes import is_main_process, process_rank, world_size
+from omniopd.run_dir import RunDir, newest_checkpoint
 
 log = logging.getLogger("omniopd")
 
@@ -29,6 +44,7 @@ class TrainResult:
     stopped_early: str | None
     teacher_samples: int
     teacher_usd: float
+    samples_by_teacher: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _seed_everything(seed: int) -> None:
@@ -40,161 +56,380 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def newest_checkpoint(output_dir: Path) -> Path | None:
-    cps = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None
-
-
 def grpo_args(cfg: TrainConfig, output_dir: Path):
-    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours)."""
+    """The TRL GRPOConfig our learner runs under (beta=0: the exact KL anchor is ours).
+
+    Our knobs map onto TRL's fields (README, "Training"); the `trl:` section adds any other
+    GRPOConfig field. A bad value there is a ConfigError naming `trl.<field>`.
+    """
     import torch
     from trl import GRPOConfig
 
-    L, S = cfg.learner, cfg.student
+    L, S, O = cfg.learner, cfg.student, cfg.output
     batch = L.prompts_per_step * S.generations
-    report_to = [] if cfg.output.report_to == "none" else [x.strip() for x in cfg.output.report_to.split(",")]
-    return GRPOConfig(
+    accum = L.gradient_accumulation_steps
+    if batch % accum:
+        raise ConfigError(f"learner.gradient_accumulation_steps: {accum} must divide the step's completions "
+                          f"(prompts_per_step * generations = {batch})")
+    report_to = [] if O.report_to == "none" else [x.strip() for x in O.report_to.split(",")]
+    cuda = torch.cuda.is_available()
+    if S.dtype == "fp16" and not cuda:
+        raise ConfigError("student.dtype: fp16 needs a GPU (mixed precision with a loss scaler); use bf16 or fp32 on CPU")
+    fields = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        per_device_train_batch_size=batch // accum,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
         num_generations=S.generations,
         num_iterations=L.updates_per_batch,
-        max_steps=L.max_steps,
+        max_steps=L.max_steps,  # run_train turns --num-epochs into steps
+        num_train_epochs=L.num_epochs if L.num_epochs is not None else 3.0,
         learning_rate=L.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=L.lr_scheduler,
+        warmup_steps=L.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the run
         max_grad_norm=L.max_grad_norm,
         epsilon=L.epsilon,
         beta=0.0,
         loss_type="dapo",
         temperature=S.temperature,
         max_completion_length=S.max_new_tokens,
+        gradient_checkpointing=L.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="steps",
-        save_steps=cfg.output.save_steps,
-        save_total_limit=cfg.output.save_total_limit,
+        save_strategy="steps" if O.save_steps else "no",  # 0: final/ only (a budget stop still checkpoints)
+        save_steps=O.save_steps or 1,
+        save_total_limit=O.save_total_limit,
         report_to=report_to,
+        run_name=O.run_name,
+        push_to_hub=O.push_to_hub,
+        hub_model_id=O.hub_model_id,
         seed=L.seed,
         data_seed=L.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=S.dtype == "bf16" or (S.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()),
+        fp16=S.dtype == "fp16",
         remove_unused_columns=False,
         disable_tqdm=False,
-        log_completions=False,
+        log_completions=O.log_completions,
+        **_vllm_args(S),
     )
+    fields.update(cfg.trl)
+    try:
+        return GRPOConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        names = ", ".join(f"trl.{k}" for k in cfg.trl) or "the learner settings"
+        raise ConfigError(f"trl.GRPOConfig rejected {names}: {exc}") from exc
+
+
+def epoch_steps(num_epochs: float, num_prompts: int, prompts_per_step: int) -> int:
+    """Optimizer steps for `num_epochs` passes over `num_prompts` prompts (at least 1), all processes together."""
+    import math
+
+    return max(1, math.ceil(num_epochs * math.ceil(num_prompts / (prompts_per_step * world_size()))))
+
+
+def torch_dtype(name: str):
+    """The torch dtype of `student.dtype` (auto = fp32 weights)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+
+
+def _vllm_args(S) -> dict[str, Any]:
+    """TRL's vLLM generation knobs for `--use-vllm` (none otherwise, so TRL's defaults stay untouched)."""
+    if not S.use_vllm:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--use-vllm needs vLLM on a GPU machine: pip install vllm (see README, section "
+                          "'Overlapped steps and vLLM rollouts'); without it, drop --use-vllm")
+    out: dict[str, Any] = {"use_vllm": True, "vllm_mode": S.vllm_mode}
+    if S.vllm_server_base_url:
+        out["vllm_server_base_url"] = S.vllm_server_base_url
+    return out
+
+
+@dataclass
+class Parts:
+    """What the setup steps build, in the order they build it; `close()` releases the teacher side."""
+
+    cfg: TrainConfig
+    run_dir: RunDir
+    rows: Any  # a datasets.Dataset of {"prompt": messages, "answer": ...}
+    data_dir: Any = None  # the TemporaryDirectory holding its Arrow file
+    model: Any = None
+    tokenizer: Any = None
+    student_loaded: bool = False  # loaded from --student here (not passed in memory)
+    run_cache: Any = None
+    teacher: Any = None
+    recorder: Any = None
+    replay_rollouts: Any = None
+    pipeline: Any = None
+    method: Any = None
+    drift_gate: Any = None
+    budget: Any = None  # omniopd.run_log.BudgetStop
+    ledger: Any = None  # omniopd.ledger.SpendLedger: the run's spend, across resumes and ranks
+    spent_usd: float = 0.0  # the ledger's total when it closed
+    metrics: Any = None  # omniopd.run_log.MetricsLogger
+    trainer: Any = None
+    loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+        if self.method is not None:
+            self.method.close()
+        if self.run_cache is not None:
+            self.run_cache.close()
+            if self.run_cache.summary():
+                log.info("%s", self.run_cache.summary())
+        if self.ledger is not None:
+            self.spent_usd = self.ledger.spent
+            self.ledger.close()
+        if self.data_dir is not None:
+            self.data_dir.cleanup()
 
 
 def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi=None, recorder=None,
               extra_callbacks: list | None = None, echo: bool = True, verifier=None) -> TrainResult:
-    """Run `omniopd train` with a resolved config (see module docstring)."""
+    """Run `omniopd train` with a resolved config (see module docstring): setup, train, finish."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from datasets import Dataset
-
-    from omniopd.data import load_prompts
-    from omniopd.learner import OmniOPDTrainer
-    from omniopd.models import load_causal_lm
-    from omniopd.pipeline import Pipeline
-    from omniopd.run_log import MetricsLogger
-    from omniopd.similarity import build_similarity
-    from providers.registry import build_teacher
-    from scheduler import ForkScheduler
-
-    out = Path(cfg.output.dir)
-    resume_from = None
-    if cfg.output.resume:
-        resume_from = newest_checkpoint(out)
-        if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint-* directory in {out}; start without --resume")
-    elif out.exists() and (out / "metrics.jsonl").exists():
-        raise ConfigError(f"output.dir {out} already holds a run; pass --resume to continue it or choose another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_yaml(out / "config.yaml")
+    echo = echo and is_main_process()  # step lines and progress bars: rank 0 of a multi-process run
+    preflight(cfg, teacher_given=teacher is not None)
+    run_dir = RunDir.open(cfg.output.dir, resume=cfg.output.resume, max_steps=cfg.learner.max_steps)
+    if run_dir.finished:
+        log.warning("%s already finished at step %d (--max-steps %d): nothing to train; raise --max-steps to continue it",
+                    run_dir.path, run_dir.done_steps, cfg.learner.max_steps)
+        return TrainResult(run_dir.path, run_dir.final_dir, run_dir.done_steps, None, 0, 0.0)
+    parts = setup_data(cfg, run_dir)
+    if cfg.learner.num_epochs is not None:  # one pass is ceil(prompts / (prompts per step * processes)) steps
+        cfg = parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(
+            cfg.learner, max_steps=epoch_steps(cfg.learner.num_epochs, len(parts.rows), cfg.learner.prompts_per_step)))
+    run_dir.create(cfg)
     _seed_everything(cfg.learner.seed)
+    try:
+        setup_student(parts, model, tokenizer)
+        setup_teacher(parts, teacher, recorder)
+        setup_pipeline(parts, phi, verifier)
+        setup_trainer(parts, extra_callbacks or [], echo)
+        stopped = train(parts)
+    finally:
+        parts.close()
+    return finish(parts, stopped)
 
-    rows = load_prompts(cfg.data.path, cfg.data.prompt_field, cfg.data.answer_field, cfg.data.split,
-                        cfg.data.limit, cfg.student.system_prompt)
+
+def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
+    """The prompt rows (`omniopd.data`), streamed into a memory-mapped dataset in a temporary
+    directory (removed by `Parts.close`); read before any model loads, so a bad row fails fast."""
+    import tempfile
+
+    from omniopd.data import iter_prompts, prompt_dataset
+
+    d = cfg.data
+    args = (d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt)
+    # the first rows first: a malformed JSONL file fails before `datasets` (and torch) is imported
+    for _ in iter_prompts(*args[:4], min(d.limit or 64, 64), args[5], config=d.config, max_row_bytes=d.max_row_bytes):
+        pass
+    tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
+    try:
+        with _datasets_quiet():
+            rows = prompt_dataset(tmp.name, *args, config=d.config, max_row_bytes=d.max_row_bytes)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return Parts(cfg, run_dir, rows, data_dir=tmp)
+
+
+@contextlib.contextmanager
+def _datasets_quiet():
+    """No "Generating train split" bar for our own in-process copy of the rows."""
+    import datasets
+
+    was = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was:
+            datasets.enable_progress_bars()
+
+
+def setup_student(parts: Parts, model=None, tokenizer=None) -> None:
+    """The student and its tokenizer: given in memory, or loaded from `--student`."""
+    from omniopd.models import load_causal_lm
+
+    S = parts.cfg.student
+    dtype = torch_dtype(S.dtype)
     if model is None:
-        log.info("loading student %s", cfg.student.model)
-        model, tokenizer = load_causal_lm(cfg.student.model)
+        log.info("loading student %s", S.model)
+        model, tokenizer = load_causal_lm(S.model, dtype=dtype)
+        parts.student_loaded = True
+    elif S.dtype != "auto":
+        model = model.to(dtype)
+    if parts.cfg.output.logging_dir:  # transformers 5 reads the tensorboard directory from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = parts.cfg.output.logging_dir
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # --- teacher-sample cache, episodes, offline replay (cache/, via omniopd/run_cache.py) ---
-    from omniopd.run_cache import ReplayRollouts, open_run_cache
+    saved = parts.run_dir.path / "tokenizer"
+    if not saved.exists() and is_main_process():  # the run's own tokenizer: report/inspect/export read token text with it
+        tokenizer.save_pretrained(str(saved))
+    parts.model, parts.tokenizer = model, tokenizer
 
-    given_teacher = teacher
-    run_cache = open_run_cache(cfg, out, lambda: given_teacher if given_teacher is not None else build_teacher(cfg.teacher),
-                               recorder)
-    teacher, recorder, replay_rollouts = run_cache.teacher, run_cache.recorder, None
+
+def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
+    """The teacher behind the sample cache, the episode recorder, and offline replay (`omniopd.run_cache`)."""
+    from omniopd.ledger import LEDGER_FILE, SpendLedger
+    from omniopd.run_cache import ReplayRollouts, open_run_cache
+    from omniopd.teachers import build_teacher
+
+    cfg = parts.cfg
+    # every request the cache cannot serve reserves its worst case here first (omniopd/spend.py)
+    parts.ledger = SpendLedger(parts.run_dir.path / LEDGER_FILE, cfg.teacher.max_usd)
+    run_cache = open_run_cache(cfg, parts.run_dir.path,
+                               lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder,
+                               ledger=parts.ledger)
+    parts.run_cache, parts.teacher, parts.recorder = run_cache, run_cache.teacher, run_cache.recorder
     if run_cache.replay is not None:
         if cfg.method.name != "omniopd":
             raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
                               "it needs the live teacher's log-probabilities; replay with --method omniopd")
-        replay_rollouts = ReplayRollouts(run_cache.replay, tokenizer, cfg.learner.prompts_per_step * cfg.student.generations)
-        if cfg.learner.max_steps > len(replay_rollouts):
-            log.warning("--replay: the recorded run has %d steps; training %d", len(replay_rollouts), len(replay_rollouts))
-            cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=len(replay_rollouts)))
-    # ---
-    pipeline = None
+        batch = cfg.learner.prompts_per_step * cfg.student.generations
+        parts.replay_rollouts = ReplayRollouts(run_cache.replay, parts.tokenizer, batch, rank=process_rank(),
+                                               world=world_size())
+        recorded = len(parts.replay_rollouts)
+        if cfg.learner.max_steps > recorded:
+            log.warning("--replay: the recorded run has %d steps; training %d", recorded, recorded)
+            parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_steps=recorded))
+
+
+def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
+    """OmniOPD's audit pipeline (scheduler, teacher, similarity), or another method's signals."""
+    from omniopd.pipeline import Pipeline
+    from omniopd.similarity import build_similarity
+    from scheduler import ForkScheduler
+
+    cfg = parts.cfg
+    if cfg.learner.async_steps and parts.replay_rollouts is not None:
+        raise ConfigError("--async-steps overlaps the teacher with sampling; --replay samples nothing and asks no "
+                          "live teacher, so there is nothing to overlap: drop --async-steps")
+    parts.loop = process_loop()  # the process's one event loop: the pipeline, method signals and vLLM scorer share it
     if cfg.method.name == "omniopd":
         if phi is None:
-            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=tokenizer)
-        sched = ForkScheduler(cfg.scheduler.chunk_tokens, cfg.scheduler.chunks_per_completion,
-                              cfg.scheduler.batch_budget, cfg.scheduler.selection)
-        pipeline = Pipeline(teacher, tokenizer, sched, phi, samples=cfg.teacher.samples, alpha=cfg.scorer.alpha,
-                            trim_slack=cfg.scorer.trim_slack, token_factor=cfg.teacher.token_factor,
-                            teacher_temperature=cfg.teacher.temperature, max_usd=cfg.teacher.max_usd, recorder=recorder,
-                            progress=echo, skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay)
+            phi = build_similarity(cfg.scorer.similarity, cfg.scorer.embedder, tokenizer=parts.tokenizer)
+        s = cfg.scheduler
+        sched = ForkScheduler(s.chunk_tokens, s.chunks_per_completion, s.batch_budget, s.selection)
+        parts.pipeline = Pipeline(parts.teacher, parts.tokenizer, sched, phi, samples=cfg.teacher.samples,
+                                  alpha=cfg.scorer.alpha, trim_slack=cfg.scorer.trim_slack,
+                                  token_factor=cfg.teacher.token_factor, teacher_temperature=cfg.teacher.temperature,
+                                  max_usd=cfg.teacher.max_usd, recorder=parts.recorder, progress=False,
+                                  skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay,
+                                  loop=parts.loop)
     # white-box methods read the teacher model itself, not the cache in front of it
-    method, drift_gate = build_method(cfg, tokenizer, getattr(teacher, "inner", None) or teacher, pipeline, rows, verifier)
+    parts.method, parts.drift_gate = build_method(cfg, parts.tokenizer, getattr(parts.teacher, "inner", None) or parts.teacher,
+                                                  parts.pipeline, parts.rows, verifier, loop=parts.loop)
+
+
+def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> None:
+    """`OmniOPDTrainer` (a `trl.GRPOTrainer`) with the metrics logger and the budget stop."""
+    from omniopd.learner import OmniOPDTrainer
+    from omniopd.run_log import BudgetStop, MetricsLogger, quiet_console
+
+    cfg = parts.cfg
     peft_config = None
     if cfg.student.lora_r > 0:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    metrics = MetricsLogger(out / "metrics.jsonl", pipeline=pipeline, echo=echo)
-    trainer = OmniOPDTrainer(
-        model=model,
-        args=grpo_args(cfg, out),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
+    metrics = parts.metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo,
+                                            ledger=parts.ledger)
+    parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
+    completion_log = None
+    if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
+        from omniopd.completion_log import CompletionLog
+
+        completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
+                                       trim_slack=cfg.scorer.trim_slack)
+        parts.pipeline.recorder = completion_log
+    parts.trainer = OmniOPDTrainer(
+        model=parts.model,
+        args=grpo_args(cfg, parts.run_dir.path),
+        train_dataset=parts.rows,
+        processing_class=parts.tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics, *(extra_callbacks or [])],
-        pipeline=pipeline,
+        callbacks=[metrics, parts.budget, *([completion_log] if completion_log is not None else []), *extra_callbacks],
+        pipeline=parts.pipeline,
         kl_beta=cfg.learner.beta if cfg.method.name == "omniopd" else 0.0,  # OPD variants: no reference KL
         max_new_tokens=cfg.student.max_new_tokens,
-        progress=echo,
-        replay=replay_rollouts,
-        method=method,
-        drift_gate=drift_gate,
+        progress=False,  # one bar for the run (quiet_console), none per rollout
+        replay=parts.replay_rollouts,
+        method=parts.method,
+        drift_gate=parts.drift_gate,
+        async_steps=cfg.learner.async_steps,
     )
-    stopped = None
+    if completion_log is not None:
+        completion_log.attach(parts.trainer)
+    quiet_console(parts.trainer, echo)
+
+
+def train(parts: Parts) -> str | None:
+    """`trainer.train()`, resumed from the run directory's checkpoint; the early-stop reason, or None."""
+    resume = parts.run_dir.resume_from
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except BudgetExceededError as exc:
-        stopped = str(exc)
-        trainer._save_checkpoint(trainer.model, trial=None)
+        parts.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except BudgetExceededError as exc:  # a request the cap cannot cover (spend ledger), or a step past the cap
+        parts.trainer._save_checkpoint(parts.trainer.model, trial=None)  # what the step bought is in the cache
+        if parts.metrics is not None:
+            parts.metrics.log_stop(parts.trainer.state, "max_teacher_usd")
         log.warning("%s", exc)
-    finally:
-        if pipeline is not None:
-            pipeline.close()
-        if method is not None:
-            method.close()
-        run_cache.close()
-        if run_cache.summary():
-            log.info("%s", run_cache.summary())
-    final_dir = None
+        return str(exc)
+    if parts.budget is not None and parts.budget.reason:
+        log.warning("%s", parts.budget.reason)
+        return parts.budget.reason
+    return None
+
+
+def finish(parts: Parts, stopped: str | None) -> TrainResult:
+    """Save `final/` (model or LoRA adapter, and the tokenizer) unless the run stopped early."""
+    trainer, p = parts.trainer, parts.pipeline
+    result = TrainResult(parts.run_dir.path, None, trainer.state.global_step, stopped,
+                         p.teacher_samples_total if p else 0, parts.spent_usd if parts.ledger is not None else 0.0,
+                         dict(p.samples_by_teacher) if p else {})
     if stopped is None:
-        final_dir = out / "final"
-        trainer.save_model(str(final_dir))
-        tokenizer.save_pretrained(str(final_dir))
-    result = TrainResult(out, final_dir, trainer.state.global_step, stopped,
-                         pipeline.teacher_samples_total if pipeline else 0, pipeline.spent_usd if pipeline else 0.0)
+        result.final_dir = save_final(parts, result)
     return result
 
 
-def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None):
+def save_final(parts: Parts, result: TrainResult) -> Path:
+    """`final/`, portable: the student's published dtype, a LoRA adapter naming the original base
+    model (not the local GGUF-conversion cache), and our model card (`omniopd.model_card`)."""
+    from omniopd.model_card import write_model_card
+    from omniopd.models import base_model_id, declared_dtype
+
+    cfg, trainer, final_dir = parts.cfg, parts.trainer, parts.run_dir.final_dir
+    spec = cfg.student.model
+    base = base_model_id(spec) if parts.student_loaded else spec
+    adapter = hasattr(trainer.model, "peft_config")
+    if adapter:
+        for peft_cfg in trainer.model.peft_config.values():
+            peft_cfg.base_model_name_or_path = base
+    if cfg.student.dtype != "auto":  # --dtype: saved as trained
+        dtype = torch_dtype(cfg.student.dtype)
+    else:
+        dtype = declared_dtype(spec) if parts.student_loaded else None
+    if dtype is not None and next(trainer.model.parameters()).dtype != dtype:
+        trainer.model.to(dtype)  # training is over; the in-memory model was loaded by us
+    trainer.save_model(str(final_dir))  # every rank: DeepSpeed/FSDP gather the weights; transformers writes on rank 0
+    if not is_main_process():
+        return final_dir
+    parts.tokenizer.save_pretrained(str(final_dir))
+    write_model_card(final_dir, cfg, base_model=base, steps=result.steps, teacher_samples=result.teacher_samples,
+                     teacher_usd=result.teacher_usd, samples_by_teacher=result.samples_by_teacher, adapter=adapter,
+                     prompts=len(parts.rows))
+    return final_dir
+
+
+def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None, loop=None):
     """(MethodSignals or None, DriftGate) for `--method` / `--drift-gate` (README, section Methods).
 
     Plain OmniOPD keeps the learner's own audit path (None). White-box methods check teacher
@@ -222,33 +457,33 @@ def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict
         verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
     whitebox = None
     if M.name != "omniopd":
-        whitebox = _whitebox(cfg, teacher, tokenizer)
+        whitebox = _whitebox(cfg, teacher, tokenizer, loop)
     generator = torch.Generator().manual_seed(cfg.learner.seed)
     return MethodSignals(M, tokenizer, group_size=cfg.student.generations, max_new_tokens=cfg.student.max_new_tokens,
                          total_steps=cfg.learner.max_steps, pipeline=pipeline, whitebox=whitebox, teacher=teacher,
-                         verifier=verifier, temperature=cfg.student.temperature, generator=generator), gate
+                         verifier=verifier, temperature=cfg.student.temperature, generator=generator, loop=loop), gate
 
 
-def _whitebox(cfg: TrainConfig, teacher, tokenizer):
+def _whitebox(cfg: TrainConfig, teacher, tokenizer, loop=None):
     """White-box access for opd/sg-opd/tropd: the local model, or a vLLM server's prompt_logprobs."""
     from providers.whitebox import whitebox_for
 
-    kind, _, model = cfg.teacher.spec.partition(":")
-    if kind == "openai-compatible" and cfg.teacher.base_url:
-        from providers.retry import RetryPolicy
-        from providers.vllm_logprobs import OpenAICompatPromptLogprobs
+    from omniopd.teachers import build_prompt_logprobs_scorer, parse_spec
 
-        policy = RetryPolicy(max_attempts=cfg.teacher.max_attempts, deadline_s=cfg.teacher.deadline_s)
-        scorer = OpenAICompatPromptLogprobs(model, cfg.teacher.base_url, timeout_s=cfg.teacher.timeout_s,
-                                            policy=policy, spec=cfg.teacher.spec)
-        return whitebox_for(scorer, tokenizer, cfg.method.name)
+    if parse_spec(cfg.teacher.spec).kind == "openai-compatible" and cfg.teacher.base_url:
+        if loop is None:
+            raise ConfigError("a vLLM white-box teacher runs on the process's event loop: pass build_method(loop=...)")
+        return whitebox_for(build_prompt_logprobs_scorer(cfg.teacher, run=loop.run), tokenizer, cfg.method.name)
     return whitebox_for(teacher, tokenizer, cfg.method.name)
 
 
 def summarize(result: TrainResult) -> str:
-    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples, ${result.teacher_usd:.4f} teacher spend"]
+    by = ", ".join(f"{n} from {t}" for t, n in sorted(result.samples_by_teacher.items()))
+    lines = [f"omniopd: {result.steps} steps, {result.teacher_samples} teacher samples" + (f" ({by})" if by else "")
+             + f", ${result.teacher_usd:.4f} teacher spend (the run's total, resumes included)"]
     if result.stopped_early:
         lines.append(f"omniopd: stopped early: {result.stopped_early}")
-    lines.append(f"omniopd: results in {result.output_dir}/ (config.yaml, metrics.jsonl, checkpoint-*/"
-                 + (", final/)" if result.final_dir else ")"))
+    parts = ["config.yaml", "metrics.jsonl"] + (["checkpoint-*/"] if newest_checkpoint(result.output_dir) else []) \
+        + (["final/"] if result.final_dir else [])
+    lines.append(f"omniopd: results in {result.output_dir}/ ({', '.join(parts)})")
     return "\n".join(lines)

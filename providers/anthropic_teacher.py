@@ -33,7 +33,8 @@ class AnthropicTeacher(ApiTeacher):
     def _make_client(self) -> Any:
         import anthropic
 
-        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s)
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s,
+                                        http_client=self.http_client)
 
     def _est_prompt_tokens(self, request: TeacherRequest) -> float:
         return (sum(len(m.content) for m in request.messages) + len(request.prefix)) / 3.5
@@ -77,4 +78,5 @@ class AnthropicTeacher(ApiTeacher):
             cache_read_tokens=float(getattr(u, "cache_read_input_tokens", 0) or 0),
             cache_write_tokens=float(getattr(u, "cache_creation_input_tokens", 0) or 0),
             model=resp.model or self.model,
+            request_id=getattr(resp, "id", "") or "",
         )

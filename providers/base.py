@@ -73,6 +73,10 @@ class TeacherSample:
     produced it (the spec, e.g. `anthropic:claude-haiku-4-5` or `local:…`), so fallback samples
     stay distinguishable. Usage fields are per sample: a request that returned n samples
     with one billed prompt splits the input tokens across them (so sums stay right).
+
+    `cache_id` (the sample's stable uid, hex) and `cached` (served from the store, so already
+    paid for) are set by the sample cache on the way out and never stored; a teacher without a
+    cache leaves them `None` / `False`.
     """
 
     text: str
@@ -87,6 +91,8 @@ class TeacherSample:
     latency_s: float = 0.0
     exact: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+    cache_id: str | None = None
 
 
 @runtime_checkable

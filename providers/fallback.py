@@ -72,6 +72,12 @@ class FallbackTeacher:
             s.extra.setdefault("fallback_for", self.spec)
         return samples
 
+    def worst_case_usd(self, request: TeacherRequest) -> float:
+        """The active teacher's worst case (a local fallback costs nothing)."""
+        active = self._fallback if self.fell_back else self._primary
+        estimate = getattr(active, "worst_case_usd", None)
+        return float(estimate(request)) if estimate is not None else 0.0
+
     def identity(self) -> dict[str, Any]:
         if self.fell_back:
             return self._fallback_teacher().identity()

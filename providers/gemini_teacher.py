@@ -30,7 +30,8 @@ class GeminiTeacher(ApiTeacher):
         from google import genai
         from google.genai import types
 
-        opts = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000), api_version=self.api_version)
+        opts = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000), api_version=self.api_version,
+                                 httpx_async_client=self.http_client)
         return genai.Client(api_key=self._api_key, http_options=opts)
 
     async def _close_client(self, client: Any) -> None:
@@ -79,4 +80,5 @@ class GeminiTeacher(ApiTeacher):
         cached = float(u.cached_content_token_count or 0) if u else 0.0
         out = float((u.candidates_token_count or 0) + (u.thoughts_token_count or 0)) if u else 0.0
         return CallResult(texts=texts, input_tokens=prompt - cached, output_tokens=out, cache_read_tokens=cached,
-                          model=resp.model_version or self.model)
+                          model=resp.model_version or self.model, request_id=resp.response_id or "",
+                          answer_tokens=float(u.candidates_token_count or 0) if u else None)

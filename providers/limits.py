@@ -38,7 +38,7 @@ class TokenBucket:
         self._sleep = sleep
         self._tokens = self.burst
         self._last = clock()
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # binds to the running event loop when first contended
         self._lock_loop: Any = None
 
     def _refill(self) -> None:
@@ -48,7 +48,7 @@ class TokenBucket:
 
     async def acquire(self, k: float = 1.0) -> None:
         loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:  # one lock per event loop (asyncio.run per step)
+        if self._lock_loop is not loop:  # a later training in this process, on its own loop (see Limits.admit)
             self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             need = min(k, self.burst)
@@ -69,12 +69,13 @@ class Limits:
     tpm: float | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
-    _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _sem: asyncio.Semaphore = field(init=False, repr=False)
     _sem_loop: Any = field(default=None, init=False, repr=False)
     _req: TokenBucket | None = field(default=None, init=False, repr=False)
     _tok: TokenBucket | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)  # binds to the process's one event loop when first contended
         if self.rpm:
             self._req = TokenBucket(self.rpm / 60.0, clock=self.clock, sleep=self.sleep)
         if self.tpm:
@@ -84,8 +85,12 @@ class Limits:
     async def admit(self, est_tokens: float = 0.0) -> AsyncIterator[None]:
         """Hold a concurrency slot for the body; pay one request token and `est_tokens` first."""
         loop = asyncio.get_running_loop()
-        if self._sem is None or self._sem_loop is not loop:  # primitives bind to one event loop
-            self._sem, self._sem_loop = asyncio.Semaphore(self.concurrency), loop
+        if self._sem_loop is not loop:
+            # One event loop per process, but one process may run several trainings in turn (the lab,
+            # tests, a notebook), each on its own loop: a semaphore bound to a finished loop would
+            # raise, and no waiter can outlive that loop, so a fresh one loses nothing.
+            self._sem = asyncio.Semaphore(self.concurrency)
+            self._sem_loop = loop
         async with self._sem:
             if self._req is not None:
                 await self._req.acquire(1.0)

@@ -6,7 +6,8 @@ continues the exact text — no instruction wrapper, samples are exact. N sample
 `generate` with `num_return_sequences`; requests that arrive together (the pipeline sends one
 per audited chunk, concurrently) are micro-batched into one left-padded `generate`, which is
 ~3x the throughput of one request at a time on CPU. Generation runs in a worker thread so the
-event loop (and API teachers sharing it) keep going.
+event loop (and API teachers sharing it) keep going. Answers pass the same check as every API
+teacher's (`providers/validation.py`): an empty continuation is not a sample.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import torch
 
-from omniopd.models import eos_token_ids
 from providers.base import Message, TeacherRequest, TeacherSample, stable_hash
+from providers.eos import eos_token_ids
 from providers.usage import UsageTotals
+from providers.validation import rejection
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -65,6 +67,10 @@ class LocalTeacher:
 
     async def aclose(self) -> None:
         return None
+
+    def worst_case_usd(self, request: TeacherRequest) -> float:
+        """An in-process model bills nothing."""
+        return 0.0
 
     def render(self, request: TeacherRequest) -> str:
         """The exact text the model continues: chat template + the partial assistant turn."""
@@ -132,7 +138,7 @@ class LocalTeacher:
         gen = out[:, enc["input_ids"].size(1):]
         latency = time.perf_counter() - t0
         prompt_lens = enc["attention_mask"].sum(-1).tolist()
-        samples: list[TeacherSample] = []
+        samples: list[TeacherSample | None] = []
         for row, ids in enumerate(gen.tolist()):
             finish, n_out = "length", len(ids)
             for j, t in enumerate(ids):
@@ -145,15 +151,20 @@ class LocalTeacher:
                 for s in first.stop:
                     if s in text:
                         text, finish = text[: text.index(s)], "stop"
+            if rejection(text, first.max_tokens) is not None:  # an immediate end of turn: not a sample
+                samples.append(None)
+                continue
             samples.append(TeacherSample(
                 text=text, finish_reason=finish, input_tokens=float(prompt_lens[row]), output_tokens=float(n_out),
                 model=self.spec, teacher=self.spec, latency_s=latency, exact=True,
             ))
+        kept = [s for s in samples if s is not None]
         self._totals.requests += len(requests)
-        self._totals.add_samples(samples)
+        self._totals.failed_samples += len(samples) - len(kept)
+        self._totals.add_samples(kept)
         grouped, i = [], 0
         for r in requests:
-            grouped.append(samples[i:i + r.n])
+            grouped.append([s for s in samples[i:i + r.n] if s is not None])
             i += r.n
         return grouped
 

@@ -45,7 +45,8 @@ class OpenAICompatibleTeacher(OpenAITeacher):
         import openai
 
         # Local servers usually need no key; the SDK insists on one, so send a placeholder.
-        return openai.AsyncOpenAI(api_key=self._api_key or "no-key", base_url=self.base_url, max_retries=0, timeout=self.timeout_s)
+        return openai.AsyncOpenAI(api_key=self._api_key or "no-key", base_url=self.base_url, max_retries=0, timeout=self.timeout_s,
+                                  http_client=self.http_client)
 
     def _template_hash(self) -> str | None:
         return template_hash(getattr(self.tokenizer, "chat_template", None)) if self.tokenizer is not None else None

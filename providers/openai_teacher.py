@@ -29,7 +29,8 @@ class OpenAITeacher(ApiTeacher):
     def _make_client(self) -> Any:
         import openai
 
-        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s)
+        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s,
+                                  http_client=self.http_client)
 
     def chat_messages(self, request: TeacherRequest, split: SplitPrefix) -> list[dict[str, str]]:
         """Messages for the chat endpoint in this teacher's continuation mode."""
@@ -69,4 +70,5 @@ class OpenAITeacher(ApiTeacher):
             output_tokens=float(getattr(u, "completion_tokens", 0) or 0) if u else 0.0,
             cache_read_tokens=cached,
             model=getattr(resp, "model", "") or "",
+            request_id=getattr(resp, "id", "") or "",
         )

@@ -11,19 +11,30 @@ module is the only place a request is repeated. Policy (DESIGN §3):
   exponential backoff), with an attempt cap and a deadline; a wait that would cross the
   deadline ends the retries at once (`TeacherUnavailableError`) instead of sleeping past it.
 
-Errors are classified by duck typing (`status_code`/`code`, `response.headers`, `body`), so one
-classifier serves the anthropic, openai and google-genai SDKs and bare httpx transports. Every
-message is passed through `redact` with the client's key before it leaves this module. Clock,
+Errors are classified by each SDK's exception types — anthropic's and openai's
+`APIStatusError` / `APIConnectionError` / `APIResponseValidationError`, google-genai's
+`errors.APIError` / `UnknownApiResponseError`, httpx's `HTTPStatusError` / `TransportError` —
+and by HTTP status; of the plain `OSError`s only connection-level ones (`ConnectionError`,
+`TimeoutError`, DNS failures) are retried. Anything else is a bug and propagates untouched, so a
+`PermissionError` is a traceback, not five minutes of retries and a switch to the fallback.
+Typed errors carry their facts (`provider`, `status`, `retry_after_s`, `request_id`) and say what
+to do next; they are raised `from None` because an SDK error's text can echo part of a key,
+while their facts are kept as attributes. Every message is passed through `redact` with the
+client's key before it leaves this module. Clock,
 sleep and random source are injectable so tests observe the waits without waiting on a wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
+import functools
+import importlib
 import json
 import random
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Literal, TypeVar
@@ -55,6 +66,7 @@ class Failure:
     message: str
     status: int | None = None
     retry_after_s: float | None = None
+    request_id: str | None = None
 
     @property
     def retryable(self) -> bool:
@@ -120,43 +132,106 @@ def classify_status(status: int, headers: Any, body: Any, text: str) -> Failure:
         retry_after = _gemini_retry_delay(body)
     blob = text if isinstance(body, str) or body is None else json.dumps(body, default=str)
     if status in (401, 403):
-        return Failure("auth", f"HTTP {status}: the API key was rejected. {text}", status)
+        return Failure("auth", f"HTTP {status}: the API key was rejected ({text}). Set a valid key for this provider "
+                       "in its environment variable (see README, Teachers over APIs), or choose another --teacher.", status)
     if status == 402 or (status == 429 and _QUOTA_RE.search(blob or "")):
-        return Failure("quota", f"HTTP {status}: quota or spend limit exhausted. {text}", status)
+        return Failure("quota", f"HTTP {status}: the account's quota or spend limit is exhausted ({text}); waiting will "
+                       "not help. Raise the limit with the provider, or choose another --teacher.", status, retry_after)
     if status in RETRY_STATUS or status >= 500:
         return Failure("retry", f"HTTP {status}: {text}", status, retry_after)
-    return Failure("capability", f"HTTP {status}: the model rejected the request. {text}", status)
+    return Failure("capability", f"HTTP {status}: the model rejected the request ({text}). Try "
+                   "--teacher-continuation instruct, drop --teacher-temperature, or choose another --teacher.", status)
+
+
+# OSErrors that mean "the network or the server went away": worth another attempt. Every
+# other OSError (PermissionError, FileNotFoundError, ...) is a bug or a local problem and
+# propagates at once with its traceback.
+_CONNECTION_OS_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.gaierror, socket.herror)
+
+
+@functools.lru_cache(maxsize=1)
+def _sdk_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(HTTP status errors, connection errors, invalid-response errors) of the installed SDKs.
+
+    Imported on first use (never at import time); an SDK that is not installed contributes
+    nothing. anthropic and openai wrap every transport failure in `APIConnectionError`
+    (`APITimeoutError` is a subclass); google-genai lets httpx's `TransportError`s through.
+    """
+    status: list[type] = []
+    conn: list[type] = []
+    invalid: list[type] = []
+    for name in ("anthropic", "openai"):
+        try:
+            sdk = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
+        status.append(sdk.APIStatusError)
+        conn.append(sdk.APIConnectionError)
+        invalid.append(sdk.APIResponseValidationError)
+    try:
+        from google.genai import errors as genai_errors
+
+        status.append(genai_errors.APIError)
+        invalid.append(genai_errors.UnknownApiResponseError)
+    except ImportError:  # pragma: no cover
+        pass
+    import httpx
+
+    status.append(httpx.HTTPStatusError)
+    conn.append(httpx.TransportError)
+    return tuple(status), tuple(conn), tuple(invalid)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for attr in ("status_code", "code"):  # anthropic/openai: status_code; google.genai: code
+        v = getattr(exc, attr, None)
+        if isinstance(v, int) and v >= 100:
+            return v
+    v = getattr(getattr(exc, "response", None), "status_code", None)  # httpx.HTTPStatusError
+    return v if isinstance(v, int) else None
+
+
+def request_id_of(exc: BaseException) -> str | None:
+    """The provider's id of the failed request: the SDK's `request_id`, else a response header."""
+    rid = getattr(exc, "request_id", None)
+    if isinstance(rid, str) and rid:
+        return rid
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is not None:
+        for name in ("request-id", "x-request-id", "x-goog-request-id"):
+            v = headers.get(name)
+            if v:
+                return str(v)
+    return None
 
 
 def classify(exc: BaseException) -> Failure | None:
-    """Classify an exception from any supported SDK or transport; None = not ours (a bug)."""
+    """Classify an exception from a supported SDK or transport, by type and HTTP status.
+
+    None means "not a teacher failure": a bug, which propagates with its traceback.
+    """
+    if isinstance(exc, TeacherError):
+        return None
     if isinstance(exc, MalformedResponse):
         return Failure("response", f"malformed response: {exc}")
     if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
         return Failure("response", f"malformed JSON from the server: {exc}")
-    if isinstance(exc, TeacherError):
-        return None
-    status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
-        code = getattr(exc, "code", None)  # google.genai.errors.APIError
-        status = code if isinstance(code, int) and code >= 100 else None
-    response = getattr(exc, "response", None)
-    if status is not None:
-        body = getattr(exc, "body", None)
-        if body is None:
-            body = getattr(exc, "details", None)
-        message = getattr(exc, "message", None) or str(exc)
-        return classify_status(status, getattr(response, "headers", None), body, str(message)[:500])
+    status_errors, connection_errors, invalid_errors = _sdk_errors()
+    if isinstance(exc, status_errors):
+        status = _status_of(exc)
+        if status is not None:
+            body = getattr(exc, "body", None)
+            if body is None:
+                body = getattr(exc, "details", None)
+            message = getattr(exc, "message", None) or str(exc)
+            f = classify_status(status, getattr(getattr(exc, "response", None), "headers", None), body, str(message)[:500])
+            return dataclasses.replace(f, request_id=request_id_of(exc))
     name = type(exc).__name__
-    module = type(exc).__module__ or ""
-    if "Timeout" in name or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return Failure("retry", f"request timed out ({name})")
-    if "Connection" in name or "Connect" in name or isinstance(exc, (ConnectionError, OSError)):
-        return Failure("retry", f"could not reach the server ({name})")
-    if module.startswith(("httpx", "httpx2", "httpcore")) and "Error" in name:
-        return Failure("retry", f"transport error ({name})")
-    if "ResponseValidation" in name or "ValidationError" in name or "UnknownApiResponse" in name:
-        return Failure("response", f"malformed response ({name}): {str(exc)[:300]}")
+    if isinstance(exc, invalid_errors):
+        return Failure("response", f"malformed response ({name}): {str(exc)[:300]}", request_id=request_id_of(exc))
+    if isinstance(exc, connection_errors) or isinstance(exc, _CONNECTION_OS_ERRORS):
+        timed_out = "Timeout" in name or isinstance(exc, TimeoutError)
+        return Failure("retry", f"request timed out ({name})" if timed_out else f"could not reach the server ({name}: {str(exc)[:200]})")
     return None
 
 
@@ -193,14 +268,18 @@ async def call_with_retries(
     what: str,
     secrets: Iterable[str | None] = (),
     on_retry: Callable[[Failure, float], None] | None = None,
+    provider: str | None = None,
 ) -> T:
     """Run `fn` until it succeeds, a non-retryable failure occurs, or attempts/deadline run out.
 
     Raises `TeacherAuthError`/`TeacherQuotaError`/`TeacherCapabilityError` at once,
     `TeacherUnavailableError` (or `TeacherResponseError` if the last failure was a malformed
-    answer) when retries are exhausted. `what` names the call in messages ("anthropic:claude-…").
+    answer) when retries are exhausted, each with `provider` (default: `what` up to its first
+    ':'), `status`, `retry_after_s` and `request_id`. `what` names the call in messages
+    ("anthropic:claude-…"). Exceptions `classify` does not know propagate untouched.
     """
     secrets = tuple(secrets)
+    provider = provider or what.partition(":")[0] or None
     start = policy.clock()
     last: dict[str, Failure] = {}
 
@@ -240,12 +319,16 @@ async def call_with_retries(
         if f is None:
             raise
         msg = redact(f"{what}: {f.message}", secrets)
+        if f.request_id:
+            msg += f" (request id {f.request_id})"
+        facts = dict(provider=provider, status=f.status, retry_after_s=f.retry_after_s, request_id=f.request_id)
         if not f.retryable:
-            raise _TYPED[f.kind](msg) from None
+            raise _TYPED[f.kind](msg, **facts) from None
         n = retrying.statistics.get("attempt_number", 1)
         tail = f"gave up after {n} attempt(s) within the {policy.deadline_s:g} s deadline"
         if f.kind == "response":
-            raise TeacherResponseError(f"{msg}; {tail}. The server keeps answering with unusable data.") from None
+            raise TeacherResponseError(f"{msg}; {tail}. The server keeps answering with unusable data: check "
+                                       "--teacher-base-url, or choose another --teacher.", **facts) from None
         raise TeacherUnavailableError(
-            f"{msg}; {tail}. Check the service status or raise --teacher-deadline / --teacher-max-attempts."
+            f"{msg}; {tail}. Check the service status or raise --teacher-deadline / --teacher-max-attempts.", **facts
         ) from None

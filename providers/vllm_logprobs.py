@@ -10,14 +10,15 @@ through vLLM's `/tokenize`) and allow the top-k asked for (`vllm serve ... --max
 for TrOPD's top-64; vLLM's default limit is 20).
 
 Retries: the SDK's are off; `providers.retry.call_with_retries` owns them (the policy every
-teacher call uses). The learner calls `token_logprobs` synchronously, so the client runs on an
-event loop this object owns (one loop for its whole life, like the pipeline's).
+teacher call uses). The learner calls `token_logprobs` synchronously; the async client runs on
+the process's one event loop, handed in as `run` (a blocking "run this coroutine there and
+return its result", e.g. `omniopd.event_loop.EventLoop.run`), so its connections stay bound
+to one loop for the run's whole life.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -32,19 +33,23 @@ from providers.whitebox import TokenLogprobs
 class OpenAICompatPromptLogprobs:
     """`WhiteBoxTeacher` over a vLLM server; `client`/`http`/`policy` are injectable (tests, proxies)."""
 
-    def __init__(self, model: str, base_url: str, *, api_key: str | None = None,
+    def __init__(self, model: str, base_url: str, *, run: Callable[[Coroutine[Any, Any, Any]], Any],
+                 api_key: str | None = None,
                  client: openai.AsyncOpenAI | None = None, http: httpx.Client | None = None, timeout_s: float = 60.0,
                  policy: RetryPolicy | None = None, max_rows: int = 8, spec: str | None = None):
         self.model = model
         self.spec = spec or f"openai-compatible:{model}"
         self.base_url = base_url.rstrip("/")
-        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # vLLM without --api-key accepts any
+        # given by the caller (omniopd/teachers.py: OPENAI_COMPATIBLE_API_KEY), never read here and
+        # never another provider's; vLLM without --api-key accepts any
+        self._key = api_key or "EMPTY"
         self.client = client or openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
                                                    timeout=timeout_s)
         self.http = http or httpx.Client(timeout=timeout_s)
         self.policy = policy or RetryPolicy()
         self.max_rows = max_rows
-        self._loop = asyncio.new_event_loop()
+        self._run = run
+        self._closed = False
 
     # -- tokenizer check ------------------------------------------------------------------
     def check_tokenizer(self, student_tokenizer, probe: str = "Natalia sold 48 clips in April.\n12 * 3 = 36") -> bool:
@@ -53,7 +58,8 @@ class OpenAICompatPromptLogprobs:
         try:
             r = self.http.post(f"{root}/tokenize", json={"model": self.model, "prompt": probe, "add_special_tokens": False})
         except httpx.HTTPError as exc:
-            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({exc})") from exc
+            raise TeacherUnavailableError(f"{self.spec}: cannot reach {root}/tokenize ({type(exc).__name__}); check that "
+                                          "the server runs and --teacher-base-url", provider="openai-compatible") from None
         if r.status_code == 404:
             raise TeacherAccessError(
                 f"{self.spec}: the server has no /tokenize endpoint, so omniopd cannot check that it shares the "
@@ -106,8 +112,7 @@ class OpenAICompatPromptLogprobs:
                                                   extra_body={"prompt_logprobs": k})
 
         try:
-            return self._loop.run_until_complete(
-                call_with_retries(create, self.policy, what=self.spec, secrets=(self._key,)))
+            return self._run(call_with_retries(create, self.policy, what=self.spec, secrets=(self._key,)))
         except TeacherCapabilityError as exc:
             raise TeacherAccessError(
                 f"{self.spec}: the server refused prompt_logprobs={k} ({exc}); vLLM caps it at --max-logprobs "
@@ -115,9 +120,9 @@ class OpenAICompatPromptLogprobs:
             ) from exc
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self.client.close())
-            self._loop.close()
+        if not self._closed:
+            self._closed = True
+            self._run(self.client.close())
         self.http.close()
 
 

@@ -44,7 +44,8 @@ NO_TEMPERATURE = ("gpt-5*", "o1*", "o3*", "o4*")
 class Fault:
     """One scripted answer. `kind`: rate_limit, quota, overloaded, unavailable, capability,
     unauthorized, timeout (sleep `delay_s`, then answer normally), malformed (200 with broken
-    JSON), empty (200 with an empty completion), no_choices (200 with no choices/candidates)."""
+    JSON), empty (200 with an empty completion text), no_choices (200 with no content blocks /
+    choices / candidates)."""
 
     kind: str
     route: str | None = None  # anthropic | chat | completions | gemini; None = any
@@ -276,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 503
         if route != "anthropic" and kind == "overloaded":
             status = 503
-        headers = {}
+        rid = "req_" + uuid.uuid4().hex[:16]
+        headers = {"request-id": rid, "x-request-id": rid}  # Anthropic's and OpenAI's names for it
         if fault.retry_after is not None:
             headers["retry-after"] = f"{fault.retry_after:g}"
         if fault.retry_after_ms is not None:
@@ -328,8 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
                 hit = key in fake._cache
                 fake._cache.add(key)
             usage = {"input_tokens": 0, "cache_creation_input_tokens": 0 if hit else p_tok, "cache_read_input_tokens": p_tok if hit else 0}
-        if fault is not None and fault.kind in ("empty", "no_choices"):
+        if fault is not None and fault.kind == "no_choices":
             content, out_tok, stop = [], 0, "end_turn"
+        elif fault is not None and fault.kind == "empty":
+            content, out_tok, stop = [{"type": "text", "text": ""}], 0, "end_turn"
         else:
             text, finish, out_tok = fake._text("anthropic", body, 0, int(body.get("max_tokens", 16)))
             content, stop = [{"type": "text", "text": text}], ("max_tokens" if finish == "length" else "end_turn")

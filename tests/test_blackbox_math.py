@@ -114,6 +114,10 @@ def test_token_f1_on_student_token_ids(tiny_tok):
     assert len(set(ta)) == len(ta) and len(set(tb)) == len(tb)
     p, r = common / len(tb), common / len(ta)
     assert phi([a], [[b, a, ""]]) == [[pytest.approx(2 * p * r / (p + r)), 1.0, 0.0]]
+    # phi runs on the pipeline's scorer thread: it must not share the tokenizer's (mutable) padding state
+    tiny_tok.backend_tokenizer.enable_padding(length=40)
+    assert phi([a], [[b]]) == [[pytest.approx(2 * p * r / (p + r))]]
+    tiny_tok.backend_tokenizer.no_padding()
     with pytest.raises(ValueError, match="tokenizer"):
         build_similarity("token_f1")
 

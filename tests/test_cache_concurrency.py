@@ -33,7 +33,7 @@ WRITER = textwrap.dedent("""
             # 10 keys of its own and 5 shared with the other process per round
             reqs = [request(f"{name} {rnd} {i}", 3) for i in range(10)] + [request(f"shared {rnd} {i}", 3) for i in range(5)]
             for got in await asyncio.gather(*(teacher.sample(r) for r in reqs)):
-                fresh += [s.extra["cache_id"] for s in got if not s.extra.get("cached")]
+                fresh += [s.cache_id for s in got if not s.cached]
             await teacher.aflush()
         return fresh
 

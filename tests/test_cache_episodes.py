@@ -62,7 +62,7 @@ def test_recorded_run_replays_alone_with_the_recorded_samples(tmp_path):
     episodes = {}
     for step in range(2):
         got = asyncio.run(teacher.sample(request(f"prefix {step}", 3)))
-        episodes[step] = pipeline_like_episode(rng, [[s.extra["cache_id"] for s in got]])
+        episodes[step] = pipeline_like_episode(rng, [[s.cache_id for s in got]])
         episodes[step].pop("array")
         rec.record_step(step, episodes[step])
     rec.record_step(1, episodes[1])  # a resumed run re-records its step: replaced, not duplicated
@@ -76,7 +76,7 @@ def test_recorded_run_replays_alone_with_the_recorded_samples(tmp_path):
     assert replay.meta["note"] == "x" and replay.identity == inner.identity()
     rt = replay.teacher()
     served = asyncio.run(rt.sample(request("prefix 1", 3)))
-    assert [s.extra["cache_id"] for s in served] == episodes[1]["chunks"][0]["sample_ids"]
+    assert [s.cache_id for s in served] == episodes[1]["chunks"][0]["sample_ids"]
     with pytest.raises(CacheMissError):
         asyncio.run(rt.sample(request("prefix 7", 3)))
     rt.close()
@@ -104,10 +104,10 @@ def test_samples_copied_into_the_run_keep_their_origin_and_time(tmp_path):
     teacher = CachedTeacher(CountingTeacher(), cache, clock=lambda: 9999.0)  # a later run, served from the cache
     got = asyncio.run(teacher.sample(request("p", 2)))
     rec = EpisodeRecorder(tmp_path / "run", teacher=teacher)
-    rec.record_step(0, {"chunks": [{"sample_ids": [s.extra["cache_id"] for s in got]}]})
+    rec.record_step(0, {"chunks": [{"sample_ids": [s.cache_id for s in got]}]})
     rec.close()
     teacher.close()
     with SampleStore(tmp_path / "run" / EPISODES_FILE, "read-only") as run_file:
-        copied = run_file.by_uid([bytes.fromhex(s.extra["cache_id"]) for s in got])
+        copied = run_file.by_uid([bytes.fromhex(s.cache_id) for s in got])
     assert [e.created for e in copied.values()] == [1234.5, 1234.5]
     assert {e.sample.teacher for e in copied.values()} == {CountingTeacher.spec}

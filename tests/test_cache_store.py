@@ -29,7 +29,7 @@ def test_pools_keep_insertion_order_and_every_field(tmp_path):
     assert [s.text for s in pools[(2).to_bytes(16, "big")]] == ["x"]
     assert (3).to_bytes(16, "big") not in pools
     b = pools[(1).to_bytes(16, "big")][1]
-    assert b.extra == {"logprob": -1.5, "cache_id": (11).to_bytes(16, "big").hex(), "cached": True}
+    assert b.extra == {"logprob": -1.5} and (b.cache_id, b.cached) == ((11).to_bytes(16, "big").hex(), True)
     assert (b.exact, b.model, b.teacher, b.cost_usd) == (False, "m1", "t:m1", 0.5)
 
 
@@ -128,7 +128,7 @@ def test_migrates_a_version_3_file_into_packed_pools_in_pool_order(tmp_path):
     _version_3_file(path, {1: [(12, 5.0, "third", 1, None), (10, 1.0, "first", 2, '{"logprob": -2.5}'), (11, 1.0, "second", 1, None)],
                            2: [(20, 9.0, "only", 2, None)]})
     with SampleStore(path) as store:
-        assert read_version(store.conn) == SCHEMA_VERSION == 4
+        assert read_version(store.conn) == SCHEMA_VERSION == 6
         assert store.verify() == []
         pools = store.get_many([(1).to_bytes(16, "big"), (2).to_bytes(16, "big"), (3).to_bytes(16, "big")])
         exported = list(store.iter_entries())  # read from `samples`, not from the packs
@@ -138,7 +138,7 @@ def test_migrates_a_version_3_file_into_packed_pools_in_pool_order(tmp_path):
     first = pools[(1).to_bytes(16, "big")][0]
     assert first == TeacherSample(text="first", finish_reason="length", input_tokens=3.0, output_tokens=4.0, cache_read_tokens=1.0,
                                   cache_write_tokens=2.0, cost_usd=0.125, model="b", teacher="t:b", latency_s=0.5, exact=False,
-                                  extra={"logprob": -2.5, "cache_id": (10).to_bytes(16, "big").hex(), "cached": True})
+                                  extra={"logprob": -2.5}, cache_id=(10).to_bytes(16, "big").hex(), cached=True)
     assert [e.sample for e in exported] == [*pools[(1).to_bytes(16, "big")], *pools[(2).to_bytes(16, "big")]]
 
 

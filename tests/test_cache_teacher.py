@@ -26,8 +26,8 @@ def test_is_a_teacher_and_serves_the_pool_before_calling(tmp_path):
     fewer = run(ct.sample(request("p", 2)))
     assert inner.calls == [("p", 3), ("p", 2)]  # the second call only paid for the shortfall
     assert [s.text for s in more[:3]] == [s.text for s in first]
-    assert [s.extra["cache_id"] for s in fewer] == [s.extra["cache_id"] for s in first[:2]]
-    assert all(s.extra.get("cached") for s in more[:3]) and not any(s.extra.get("cached") for s in more[3:])
+    assert [s.cache_id for s in fewer] == [s.cache_id for s in first[:2]]
+    assert all(s.cached for s in more[:3]) and not any(s.cached for s in more[3:])
     run(ct.aclose())
     assert inner.closed
     stats = SampleStore(tmp_path / "c.sqlite", "read-only").stats()
@@ -58,7 +58,7 @@ def test_concurrent_identical_requests_pay_once(tmp_path):
 
     results = run(go())
     assert inner.calls == [("same", 3)]
-    assert {tuple(s.extra["cache_id"] for s in r) for r in results} == {tuple(s.extra["cache_id"] for s in results[0])}
+    assert {tuple(s.cache_id for s in r) for r in results} == {tuple(s.cache_id for s in results[0])}
     ct.close()
 
 
@@ -104,8 +104,8 @@ def test_modes_read_only_and_off_never_write(tmp_path):
     inner = CountingTeacher()
     off = CachedTeacher(inner, None, "off")
     out = run(off.sample(request("p", 2)))
-    assert inner.calls == [("p", 2)] and all(len(s.extra["cache_id"]) == 32 for s in out)
-    assert set(off.entries_for([s.extra["cache_id"] for s in out])) == {s.extra["cache_id"] for s in out}
+    assert inner.calls == [("p", 2)] and all(len(s.cache_id) == 32 for s in out)
+    assert set(off.entries_for([s.cache_id for s in out])) == {s.cache_id for s in out}
     with pytest.raises(CacheError, match="cache-mode"):
         CachedTeacher(inner, path, "sometimes")
 

@@ -23,7 +23,7 @@ from cache.store import SampleStore
 from omniopd.config import build_config
 from omniopd.errors import ReplayError
 from omniopd.train import run_train
-from providers import registry
+from omniopd import teachers as registry
 from tests.fake_providers import FakeProviderServer
 from tests.openai_wire import FakeCompletionsServer
 from tests.tiny import tiny_llama

@@ -127,3 +127,25 @@ def test_lora_uses_the_disabled_adapter_as_reference(tmp_path, tiny_tok):
     assert after.keys() == base_state.keys()
     assert all(torch.equal(after[k], base_state[k]) for k in base_state)
     assert any("lora_" in k for k in student.state_dict())
+
+
+def test_a_base_model_without_chat_template_trains_on_plain_text_prompts(tmp_path, tiny_tok):
+    """A student with no chat template gets evaluation's plain-text prompt format, not a crash."""
+    from omniopd.evaluate import render_prompts
+    from omniopd.rollouts import render_messages
+
+    base_tok = copy.deepcopy(tiny_tok)
+    base_tok.chat_template = None
+    student = tiny_llama(base_tok, seed=0)
+    before = copy.deepcopy(student)
+    teacher = LocalTeacher(tiny_llama(tiny_tok, seed=1), tiny_tok, spec="local:tiny-teacher")
+    rec = ListRecorder()
+    result = run_train(_cfg(tmp_path, "base", max_steps=1), model=student, tokenizer=base_tok, teacher=teacher,
+                       recorder=rec, echo=False)
+    assert result.steps == 1 and result.final_dir is not None
+    moved = sum(float((p - q).detach().abs().sum()) for p, q in zip(student.parameters(), before.parameters()))
+    assert moved > 0
+    msgs = rec.steps[0][1]["prompts"][0]
+    prompt_text = base_tok.decode(rec.steps[0][1]["prompt_ids"][0])
+    assert prompt_text == render_messages(base_tok, [msgs])[0] == render_prompts(base_tok, [{"prompt": msgs}])[0]
+    assert "<|im_start|>" not in prompt_text and prompt_text.endswith("\n")

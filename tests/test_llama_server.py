@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from omniopd.config import TeacherConfig
-from providers.api_registry import build_api_teacher
+from omniopd.teachers import build_api_teacher
 from providers.base import Message, TeacherRequest
 from providers.limits import LimitsRegistry
 

@@ -8,7 +8,7 @@ import pytest
 
 from omniopd.config import TeacherConfig
 from omniopd.errors import ConfigError
-from providers.api_registry import ALIASES, build_api_teacher, canonical_spec, parse_spec
+from omniopd.teachers import ALIASES, build_api_teacher, canonical_spec, parse_spec
 from providers.capabilities import TABLE, lookup
 from providers.continuation import reconcile, split_prefix, strip_echo
 from providers.limits import Limits, TokenBucket

@@ -20,7 +20,7 @@ from omniopd.errors import (
     TeacherResponseError,
     TeacherUnavailableError,
 )
-from providers.api_registry import build_api_teacher, build_api_teacher_with_fallback
+from omniopd.teachers import build_api_teacher, build_api_teacher_with_fallback
 from providers.base import Message, TeacherRequest
 from providers.limits import LimitsRegistry
 from providers.retry import RetryPolicy
@@ -212,14 +212,6 @@ def test_malformed_json_is_retried_then_typed(fake_server):
         run(sample_and_close(make(fake_server, "openai:gpt-4o-mini", max_attempts=3), req()))
 
 
-def test_empty_completion_is_a_sample_and_no_choices_is_none(fake_server):
-    fake_server.push(Fault("empty", route="anthropic"))
-    (s,) = run(sample_and_close(make(fake_server, "claude-haiku"), req()))
-    assert s.text == "" and s.finish_reason == "stop"
-    fake_server.push(Fault("no_choices", route="gemini"))
-    assert run(sample_and_close(make(fake_server, "gemini:gemini-2.5-flash"), req(n=3))) == []
-
-
 @pytest.mark.parametrize("provider", ["anthropic", "openai", "gemini"])
 def test_quota_429_is_not_retried(fake_server, provider):
     fake_server.push(Fault("quota", retry_after=1))
@@ -287,7 +279,9 @@ def test_no_fallback_raises_auth_error(fake_server):
 
 def test_missing_key_starts_on_fallback_without_calling_the_api(fake_server, caplog):
     env = {k: v for k, v in fake_server.env().items() if k != "ANTHROPIC_API_KEY"}
-    cfg = TeacherConfig(spec="claude-haiku")
+    with pytest.raises(TeacherAuthError, match="ANTHROPIC_API_KEY"):  # no silent self-distillation ...
+        build_api_teacher_with_fallback(TeacherConfig(spec="claude-haiku"), None, lambda: pytest.fail("no fallback"), env=env)
+    cfg = TeacherConfig(spec="claude-haiku", fallback="local:tiny")  # ... unless the user names the fallback
     with caplog.at_level(logging.WARNING, logger="omniopd.providers"):
         teacher = build_api_teacher_with_fallback(cfg, None, lambda: _fallback_teacher(fake_server), env=env)
         samples = run(sample_and_close(teacher, req(n=2)))

@@ -52,4 +52,65 @@ def test_max_teacher_usd_stops_cleanly_with_a_checkpoint(tmp_path, tiny_tok, mon
     result = run_train(cfg, model=tiny_llama(tiny_tok), tokenizer=tiny_tok, echo=False)
     assert result.stopped_early and "max-teacher-usd" in result.stopped_early
     assert list((tmp_path / "run").glob("checkpoint-*"))
-    assert result.teacher_usd >= 1e-6
+    assert result.teacher_usd <= 1e-6  # the cap holds: no request whose worst case passes it is sent
+
+
+def test_fallback_is_counted_per_teacher_in_metrics_and_summary(tmp_path, tiny_tok, monkeypatch, fake_server, capsys):
+    """A rejected key mid-run switches to the named --fallback-teacher; the run says who wrote what."""
+    _point_sdks_at(monkeypatch, fake_server)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-REJECTED")
+    fake_server.valid_keys = {"no-key"}
+    dirs = {}
+    for name, seed in (("student", 0), ("teacher", 1)):
+        dirs[name] = tmp_path / name
+        tiny_llama(tiny_tok, seed=seed).save_pretrained(dirs[name])
+        tiny_tok.save_pretrained(dirs[name])
+    out = tmp_path / "run"
+    rc = main(["train", "--teacher", "claude-haiku", "--fallback-teacher", f"local:{dirs['teacher']}",
+               "--student", str(dirs["student"]), "--similarity", "edit", "--teacher-samples", "2", "--chunk-tokens", "6",
+               "--chunks-per-completion", "2", "--generations", "2", "--max-new-tokens", "20", "--prompts-per-step", "1",
+               "--max-steps", "1", "--save-steps", "100", "--cache-mode", "off", "--output", str(out)])
+    assert rc == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    by = row["teacher_samples_by_teacher"]
+    assert by == {f"local:{dirs['teacher']}": row["teacher_samples_total"]} and row["teacher_samples_total"] > 0
+    assert f"from local:{dirs['teacher']}" in capsys.readouterr().out
+    assert fake_server.requests("anthropic") and all(r.status == 401 for r in fake_server.requests("anthropic"))
+
+
+def _tree_hash(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_resuming_a_finished_run_does_nothing_and_a_larger_max_steps_continues(tmp_path, tiny_tok, monkeypatch,
+                                                                                 fake_server, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="omniopd")
+    _point_sdks_at(monkeypatch, fake_server)
+    student_dir = tmp_path / "student"
+    tiny_llama(tiny_tok, seed=0).save_pretrained(student_dir)
+    tiny_tok.save_pretrained(student_dir)
+    out = tmp_path / "run"
+    argv = ["train", "--teacher", "claude-haiku", "--no-fallback", "--student", str(student_dir), "--similarity", "edit",
+            "--teacher-samples", "2", "--chunk-tokens", "6", "--chunks-per-completion", "2", "--generations", "2",
+            "--max-new-tokens", "20", "--prompts-per-step", "1", "--cache-mode", "off", "--teacher-rpm", "6000",
+            "--output", str(out)]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    before = (_tree_hash(out / "final"), (out / "metrics.jsonl").read_text(), (out / "config.yaml").read_text(),
+              len(fake_server.requests("anthropic")))
+    assert before[3] > 0
+    assert main([*argv, "--max-steps", "2", "--resume"]) == 0
+    after = (_tree_hash(out / "final"), (out / "metrics.jsonl").read_text(), (out / "config.yaml").read_text(),
+             len(fake_server.requests("anthropic")))
+    assert after == before  # no step, no teacher request, final/ and the run's files untouched
+    assert "already finished at step 2" in caplog.text
+    assert main([*argv, "--max-steps", "3", "--resume"]) == 0  # a larger --max-steps continues it
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert len(fake_server.requests("anthropic")) > before[3] and _tree_hash(out / "final") != before[0]

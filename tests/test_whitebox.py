@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from omniopd.errors import TeacherAccessError
+from omniopd.event_loop import process_loop
 from providers.retry import RetryPolicy
 from providers.vllm_logprobs import OpenAICompatPromptLogprobs
 from providers.whitebox import LocalWhiteBox, whitebox_for
@@ -144,7 +145,7 @@ def test_vllm_prompt_logprobs_agree_with_the_local_model(vllm_server):
     async def no_wait(s):
         pass
 
-    wb = OpenAICompatPromptLogprobs("tiny", url, policy=RetryPolicy(max_attempts=3, sleep=no_wait))
+    wb = OpenAICompatPromptLogprobs("tiny", url, run=process_loop().run, policy=RetryPolicy(max_attempts=3, sleep=no_wait))
     assert whitebox_for(wb, tok, "tropd") is wb  # /tokenize probe matches
     p_ids, c_ids, P, PM, C, CM = _batch(tok)
     remote = wb.token_logprobs(P, PM, C, CM, top_k=4)

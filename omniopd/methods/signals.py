@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from omniopd.config import MethodConfig
 from omniopd.errors import TeacherError
+from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods import opd, sg_opd, tropd
 from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
 from omniopd.methods.rows import continue_prefixes, text_to_completion, with_rows
@@ -55,11 +56,16 @@ class ScoredBatch:
 
 
 class MethodSignals:
-    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance."""
+    """See the module docstring. `teacher` (text sampling) is needed by sg-opd and tropd guidance.
+
+    `loop` is the event loop teacher text is sampled on: by default the process's one
+    (`omniopd.event_loop.process_loop`).
+    """
 
     def __init__(self, cfg: MethodConfig, tokenizer, *, group_size: int, max_new_tokens: int, total_steps: int,
                  pipeline=None, whitebox: WhiteBoxTeacher | None = None, teacher=None,
-                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None):
+                 verifier: Verifier | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 loop: EventLoop | None = None):
         self.cfg = cfg
         self.method = cfg.name
         self.tokenizer = tokenizer
@@ -73,7 +79,7 @@ class MethodSignals:
         self.generator = generator
         self.verifier = verifier or VERIFIERS[cfg.verifier]
         self.phase_steps = sg_opd.phase_steps_for(total_steps, cfg.sg_phase_fraction)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop = loop
         if self.method == "omniopd" and pipeline is None:
             raise ValueError("method omniopd needs the OmniOPD pipeline")
         if self.method != "omniopd" and whitebox is None:
@@ -86,13 +92,15 @@ class MethodSignals:
                                             phi=pipeline.phi, trim_slack=pipeline.trim_slack, temperature=temperature)
 
     @property
-    def needs_logits(self) -> bool:
-        """Does the loss need the student's full log-softmax (TrOPD's outlier forward KL)?"""
+    def needs_ids(self) -> bool:
+        """Does the loss need the student's log-probabilities at given ids (TrOPD's outlier forward KL)?"""
         return self.method == "tropd" and self.cfg.tropd_outliers == "forward_kl"
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.close()
+        """Release the white-box scorer's connections (a vLLM server's); the event loop is the process's."""
+        close = getattr(self.whitebox, "close", None)
+        if close is not None:
+            close()
 
     # -- the step ---------------------------------------------------------------------------
     def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
@@ -108,8 +116,24 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[..., ScoredBatch]:
+        """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
+
+        OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
+        `--async-steps` overlap); white-box methods score at once, with the student that sampled.
+        """
+        if self.method == "omniopd":
+            pending = self.pipeline.start(rollouts, step)
+            # finished when the learner takes it: `step` is then the optimizer step that trains on it
+            return lambda step=None: self._omniopd_scored(self.pipeline.finish(pending, step=step), rollouts, golds, student)
+        out = self.score(rollouts, golds, step, student)
+        return lambda step=None: out
+
     def _omniopd(self, rollouts, golds, step, student) -> ScoredBatch:
-        audit = self.pipeline.audit(rollouts, step=step)
+        return self._omniopd_scored(self.pipeline.audit(rollouts, step=step), rollouts, golds, student)
+
+    def _omniopd_scored(self, audit, rollouts, golds, student) -> ScoredBatch:
+        rollouts = audit.rollouts or rollouts
         adv, metrics = audit.advantages_B_T, dict(audit.metrics)
         v = None
         if self.cfg.verifier_gate:
@@ -117,12 +141,15 @@ class MethodSignals:
             metrics.update(_verdict_metrics(v))
         if self.blackbox is not None:  # baseline, drafts, fork imitation (issue 9)
             scale = None if v is None else verdict_scale_B(v, self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
+            if audit.extra:
+                raise ValueError("the black-box signals append rows; per-row extras from pipeline stages "
+                                 f"({', '.join(audit.extra)}) cannot be extended to them yet")
             bb = self.blackbox.score(audit, rollouts, student, scale)
             metrics.update(bb.metrics)
             return ScoredBatch(bb.rollouts, bb.advantages_B_T, bb.audit_mask_B_T, metrics=metrics, student_rows=bb.student_rows)
         if v is not None:
             adv = gated_advantages_B_T(adv, v.to(adv.device), self.cfg.verifier_correct_scale, self.cfg.verifier_wrong_scale)
-        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, metrics=metrics)
+        return ScoredBatch(rollouts, adv, audit.audit_mask_B_T, extra=dict(audit.extra), metrics=metrics)
 
     def _teacher_scores(self, rollouts: Rollouts, top_k: int = 0):
         return self.whitebox.token_logprobs(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
@@ -229,18 +256,26 @@ class MethodSignals:
         return ScoredBatch(rollouts, adv, mask.bool(), extra=extra, metrics=metrics)
 
     # -- loss extras ----------------------------------------------------------------------------
-    def extra_loss_B_T(self, logp_B_T_V: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
-        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None."""
-        if not self.needs_logits or "teacher_topk_ids" not in inputs:
+    def head_ids_B_T_K(self, inputs: dict) -> torch.Tensor | None:
+        """Vocabulary ids per token whose student log-probabilities the loss needs (TrOPD: teacher top-k)."""
+        if not self.needs_ids or "teacher_topk_ids" not in inputs:
             return None
-        student_topk = logp_B_T_V.gather(-1, inputs["teacher_topk_ids"].long())
-        return tropd.forward_kl_topk_B_T(student_topk, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
+        return inputs["teacher_topk_ids"]
+
+    def extra_loss_B_T(self, ids_logp_B_T_K: torch.Tensor | None, inputs: dict) -> torch.Tensor | None:
+        """Per-token loss added to the policy term (TrOPD: forward KL on outlier tokens), or None.
+
+        `ids_logp_B_T_K`: the student's full-vocabulary log-probabilities at `head_ids_B_T_K(inputs)`.
+        """
+        if ids_logp_B_T_K is None:
+            return None
+        return tropd.forward_kl_topk_B_T(ids_logp_B_T_K, inputs["teacher_topk_logps"]) * inputs["tropd_fkl_mask"]
 
     # -- teacher text --------------------------------------------------------------------------
     def _sample_teacher(self, prompts: list[list[dict]], n: int) -> list[list]:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
+        if self.loop is None:
+            self.loop = process_loop()
 
         async def one(p):
             req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
@@ -253,7 +288,7 @@ class MethodSignals:
         async def all_():
             return await asyncio.gather(*(one(p) for p in prompts))
 
-        return self._loop.run_until_complete(all_())
+        return self.loop.run(all_())
 
 
 def _signal_metrics(d_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> dict[str, float]:
