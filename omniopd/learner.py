@@ -45,6 +45,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from omniopd.errors import BudgetExceededError
 from omniopd.head import HeadRequest
 from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
@@ -126,20 +127,12 @@ class OmniOPDTrainer(GRPOTrainer):
             # evaluation never takes from (or adds to) the training queue
             queue = self._ahead if mode == "train" else collections.deque()
             sampling_s = 0.0
-            while len(queue) < self._batches_wanted(mode):
-                t_sample = time.perf_counter()
-                if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
-                    rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
-                elif self.use_vllm:
-                    rollouts = self._vllm_rollouts(unwrapped, prompts)
-                else:
-                    rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                                 progress=self.progress)
-                sampling_s += time.perf_counter() - t_sample
-                queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
-            sampled_at, finish = queue.popleft()
-            audit = finish()
+            refused: BudgetExceededError | None = None
+            try:
+                audit, sampling_s, sampled_at = self._next_scored(queue, mode, inputs, prompts, unwrapped)
+            except BudgetExceededError as exc:
+                refused = exc
+            self._agree_on_budget_stop(refused)
         rollouts = audit.rollouts
         t2 = time.perf_counter()
         t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
@@ -174,6 +167,36 @@ class OmniOPDTrainer(GRPOTrainer):
         for name, value in reduce_over_processes(local, self.accelerator).items():
             m[name].append(value)
         return out
+
+    def _next_scored(self, queue, mode, inputs, prompts, unwrapped):
+        """Fill the queue of started batches, then finish the oldest: (scored batch, sampling seconds, step sampled at)."""
+        sampling_s = 0.0
+        while len(queue) < self._batches_wanted(mode):
+            t_sample = time.perf_counter()
+            if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+                rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+            elif self.use_vllm:
+                rollouts = self._vllm_rollouts(unwrapped, prompts)
+            else:
+                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                             progress=self.progress)
+            sampling_s += time.perf_counter() - t_sample
+            queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
+        sampled_at, finish = queue.popleft()
+        audit = finish()
+        return audit, sampling_s, sampled_at
+
+    def _agree_on_budget_stop(self, refused: BudgetExceededError | None) -> None:
+        """Every process stops at the same step when any one's teacher request was refused by the
+        shared spend ledger (a lone rank leaving would leave the others waiting in DDP's all-reduce)."""
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.gather(torch.tensor([refused is not None], device=self.accelerator.device))
+            if refused is None and bool(flags.any()):
+                refused = BudgetExceededError("another process's teacher request would pass --max-teacher-usd; "
+                                              "every process stopped at this step (rerun with --resume and a higher cap)")
+        if refused is not None:
+            raise refused
 
     def _vllm_rollouts(self, student, prompts) -> Rollouts:
         """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
@@ -331,9 +354,11 @@ class OmniOPDTrainer(GRPOTrainer):
 
 
 # Audit metrics that count things (or money) per process: summed over processes; seconds: the
-# slowest process; everything else (means, shares, minima of a step) is averaged.
+# slowest process; run totals read from the shared spend ledger (already global): the latest
+# reading; everything else (means, shares, minima of a step) is averaged.
+_GLOBAL = ("teacher_cost_usd_total",)
 _SUMMED = ("forks", "forks_requested", "teacher_samples", "teacher_samples_total", "teacher_failed_chunks",
-           "teacher_cost_usd", "teacher_cost_usd_total", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
+           "teacher_cost_usd", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
            "replay_missed_forks_step", "teacher_scored_tokens", "sg_teacher_rows", "sg_teacher_offered",
            "tropd_guided_rows", "tropd_prefix_tokens", "verifier_judged")
 
@@ -355,7 +380,7 @@ def reduce_over_processes(metrics: dict[str, float], accelerator) -> dict[str, f
         name = key.split("/", 1)[-1]
         if name in _SUMMED:
             out[key] = sum(values)
-        elif name.endswith("_seconds"):
+        elif name.endswith("_seconds") or name in _GLOBAL:
             out[key] = max(values)
         else:
             out[key] = sum(values) / len(values)
