@@ -126,13 +126,7 @@ class OmniOPDTrainer(GRPOTrainer):
             # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness);
             # evaluation never takes from (or adds to) the training queue
             queue = self._ahead if mode == "train" else collections.deque()
-            sampling_s = 0.0
-            refused: BudgetExceededError | None = None
-            try:
-                audit, sampling_s, sampled_at = self._next_scored(queue, mode, inputs, prompts, unwrapped)
-            except BudgetExceededError as exc:
-                refused = exc
-            self._agree_on_budget_stop(refused)
+            audit, sampling_s, sampled_at = self._next_scored(queue, mode, inputs, prompts, unwrapped)
         rollouts = audit.rollouts
         t2 = time.perf_counter()
         t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
@@ -187,17 +181,6 @@ class OmniOPDTrainer(GRPOTrainer):
         audit = finish()
         return audit, sampling_s, sampled_at
 
-    def _agree_on_budget_stop(self, refused: BudgetExceededError | None) -> None:
-        """Every process stops at the same step when any one's teacher request was refused by the
-        shared spend ledger (a lone rank leaving would leave the others waiting in DDP's all-reduce)."""
-        if self.accelerator.num_processes > 1:
-            flags = self.accelerator.gather(torch.tensor([refused is not None], device=self.accelerator.device))
-            if refused is None and bool(flags.any()):
-                refused = BudgetExceededError("another process's teacher request would pass --max-teacher-usd; "
-                                              "every process stopped at this step (rerun with --resume and a higher cap)")
-        if refused is not None:
-            raise refused
-
     def _vllm_rollouts(self, student, prompts) -> Rollouts:
         """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
         log pi(y_t) and the exact H_t by one teacher-forced forward of the student (vLLM reports
@@ -230,19 +213,39 @@ class OmniOPDTrainer(GRPOTrainer):
         async sends the teacher requests now and waits for them in the returned callable.
         """
         step = self.state.global_step
+        agree = self._ranks_agree_on_budget
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
             if self.async_steps == 0:
-                scored = self.method.score(rollouts, golds, step, student)
+                scored = agree(lambda: self.method.score(rollouts, golds, step, student))
                 return lambda: scored
             finish = self.method.start(rollouts, golds, step, student)
-            return lambda: finish(step=self.state.global_step)
+            return lambda: agree(lambda: finish(step=self.state.global_step))
         if self.async_steps == 0:
-            audit = self.pipeline.audit(rollouts, step=step)
+            audit = agree(lambda: self.pipeline.audit(rollouts, step=step))
             return lambda: self._scored(audit, rollouts)
         pending = self.pipeline.start(rollouts, step=step)
         # finished when a step takes it: the episode is recorded under the step that trains on it
-        return lambda: self._scored(self.pipeline.finish(pending, step=self.state.global_step), rollouts)
+        return lambda: self._scored(agree(lambda: self.pipeline.finish(pending, step=self.state.global_step)), rollouts)
+
+    def _ranks_agree_on_budget(self, score: Callable[[], Any]) -> Any:
+        """`score()`, except that when any rank meets the spend cap (`BudgetExceededError` from the
+        run's shared ledger) every rank raises it, at the same point: one rank stopping alone
+        would leave the others waiting in the gradient all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return score()
+        from accelerate.utils import gather_object
+
+        error = None
+        try:
+            out = score()
+        except BudgetExceededError as exc:
+            error, out = exc, None
+        if any(gather_object([error is not None])):
+            raise error or BudgetExceededError(
+                "another rank of this run reached --max-teacher-usd; the run stopped cleanly with a checkpoint — "
+                "raise --max-teacher-usd and rerun with --resume to continue")
+        return out
 
     @staticmethod
     def _scored(audit, rollouts) -> ScoredBatch:

@@ -2,8 +2,7 @@
 
 Launched by `torchrun --nproc_per_node N tests/dist_child.py CONFIG_JSON`: every rank builds the
 same seeded tiny student, teacher and tokenizer in-process and calls the real `run_train`.
-CONFIG_JSON holds `build_config` overrides (dotted keys); with `teacher.spec` the teacher is built
-from the config (the parent points the SDKs at its fake wire server through the environment).
+CONFIG_JSON holds `build_config` overrides (dotted keys).
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ def main() -> None:
     overrides = json.loads(sys.argv[1])
     tok = tiny_tokenizer()
     student = tiny_llama(tok, seed=0)
-    # a tiny local teacher unless the config names one (an API teacher: the fake wire server)
-    teacher = None if "teacher.spec" in overrides else LocalTeacher(tiny_llama(tok, seed=1), tok, spec="local:tiny-teacher")
+    # an API teacher named in the overrides is built by run_train itself (the SDKs read the env)
+    api = not str(overrides.get("teacher.spec", "local:")).startswith("local:")
+    teacher = None if api else LocalTeacher(tiny_llama(tok, seed=1), tok, spec="local:tiny-teacher")
     run_train(build_config(None, overrides), model=student, tokenizer=tok, teacher=teacher, echo=True)
 
 

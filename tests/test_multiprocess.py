@@ -110,6 +110,8 @@ def test_teacher_budget_is_global_across_ranks(tmp_path, fake_server):
     stops = [r for r in rows if "stopped" in r]
     assert len(stops) == 1 and stops[0]["stopped"] == "max_teacher_usd"  # one closing row, from rank 0
     assert 1 <= len(steps_run) < steps
+    run = tmp_path / "budget"
+    assert list(run.glob("checkpoint-*")) and not (run / "final").exists()  # stopped with a checkpoint, resumable
     ledger = SpendLedger(tmp_path / "budget" / LEDGER_FILE, None)
     try:
         spent = ledger.spent
