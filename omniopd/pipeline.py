@@ -12,9 +12,10 @@ other; only `Pipeline.start` / `Pipeline.finish` know the order.
 - `fork_requests(state)`: the scheduler's fork starts and, per fork, a `ChunkAudit` (the
   student's chunk text) and a `TeacherRequest` (prefix = prompt + the student's tokens before
   the fork, as text). Runs on the caller's thread (it uses the student tokenizer).
-- `await_samples` / `score_phi`: per completion, that completion's requests go to the teacher
-  as soon as its forks are chosen; each chunk is scored by phi as soon as its samples arrive
-  (on one scorer thread, so the event loop never runs CPU work). A per-chunk teacher failure
+- `await_samples` / `score_phi`: the requests go to the teacher as soon as the forks are
+  chosen (all in one loop turn, so an in-process teacher batches them the same way in every
+  seeded run); each chunk is scored by phi as soon as its own samples arrive, while the rest
+  are still out (on one scorer thread, so the event loop never runs CPU work). A per-chunk teacher failure
   (outage past the client's deadline, bad answer) sets `failed` and leaves N_eff = 0; any other
   error (auth, quota, budget, strict replay) stops the step.
 - `drop_replay_misses`: forks whose samples the recorded run never bought leave the step.
@@ -125,7 +126,7 @@ Stage = Callable[[AuditState], dict[str, float]]
 
 @dataclass
 class PendingAudit:
-    """A started step: its state and one future per completion that has forks."""
+    """A started step: its state and the future of its teacher requests (empty: nothing to ask)."""
 
     state: AuditState
     rows: list[concurrent.futures.Future]
@@ -145,26 +146,20 @@ def advantages_B_T(shape: tuple[int, int], chunks: list[ChunkAudit], device=None
 
 # --- stages (pure over the state; the Pipeline supplies their settings) ---------------------------
 def fork_requests(state: AuditState, scheduler: ForkScheduler, tokenizer, *, samples: int, max_tokens: int,
-                  temperature: float | None, on_row: Callable[[list[ChunkAudit], list[TeacherRequest]], None] | None = None
-                  ) -> dict[str, float]:
-    """Fork starts, chunk texts and teacher requests; `on_row` gets each completion's forks as soon as they exist."""
+                  temperature: float | None) -> dict[str, float]:
+    """Fork starts (one scheduler call: a batch budget spans rows), chunk texts and teacher requests, row by row."""
     t0 = time.perf_counter()
     r = state.rollouts
     state.starts = scheduler.select(r.entropy_B_T, r.lengths)
     C = scheduler.chunk_tokens
     comp = r.completion_ids.tolist()
     for b, ss in enumerate(state.starts):
-        chunks, requests = [], []
         for s in ss:
             prefix = tokenizer.decode(comp[b][:s], skip_special_tokens=True)
             chunk_text = tokenizer.decode(comp[b][s:s + C], skip_special_tokens=True)
-            chunks.append(ChunkAudit(row=b, start=s, length=C, student_text=chunk_text, teacher_texts=[], phi=[]))
-            requests.append(TeacherRequest(messages=messages_from_chat(r.prompts[b]), prefix=prefix, n=samples,
-                                           max_tokens=max_tokens, temperature=temperature))
-        state.chunks += chunks
-        state.requests += requests
-        if on_row is not None and chunks:
-            on_row(chunks, requests)
+            state.chunks.append(ChunkAudit(row=b, start=s, length=C, student_text=chunk_text, teacher_texts=[], phi=[]))
+            state.requests.append(TeacherRequest(messages=messages_from_chat(r.prompts[b]), prefix=prefix, n=samples,
+                                                 max_tokens=max_tokens, temperature=temperature))
     return {"forks_requested": float(len(state.chunks)), "scheduler_seconds": time.perf_counter() - t0}
 
 
@@ -314,30 +309,29 @@ class Pipeline:
         return self.finish(self.start(rollouts, step))
 
     def start(self, rollouts: Rollouts, step: int) -> PendingAudit:
-        """Choose forks and send each completion's teacher requests as soon as its forks exist."""
+        """Choose the forks and send every completion's teacher requests; returns at once.
+
+        All requests of a step reach the loop in one turn (an in-process teacher batches them
+        into one `generate` the same way every run, so seeded runs repeat); each completion's
+        chunks are then scored as their samples arrive.
+        """
         state = AuditState(rollouts, step)
-        rows: list[concurrent.futures.Future] = []
-        pending = PendingAudit(state, rows, time.perf_counter())
-        started = False
-
-        def send(chunks: list[ChunkAudit], requests: list[TeacherRequest]) -> None:
-            nonlocal started
-            if not started:  # the spend limit decides once per step, before its first request
-                self.spend.check()
-                started = True
-                pending.bar = tqdm(total=len(state.requests), desc="teacher", unit="chunk", leave=False,
-                                   disable=not self.progress)
-            fut = self.loop.submit(self._answer_row(chunks, requests, pending))
-            self._inflight.add(fut)
-            fut.add_done_callback(self._inflight.discard)
-            rows.append(fut)
-
+        pending = PendingAudit(state, [], time.perf_counter())
         state.metrics.update(fork_requests(state, self.scheduler, self.tokenizer, samples=self.samples,
-                                           max_tokens=self.teacher_max_tokens, temperature=self.teacher_temperature,
-                                           on_row=send))
-        if pending.bar is not None:
-            pending.bar.total = len(state.requests)
-            pending.bar.refresh()
+                                           max_tokens=self.teacher_max_tokens, temperature=self.teacher_temperature))
+        if not state.requests:
+            return pending
+        self.spend.check()  # the spend limit decides once per step, before its first request
+        pending.bar = tqdm(total=len(state.requests), desc="teacher", unit="chunk", leave=False, disable=not self.progress)
+        rows: dict[int, tuple[list[ChunkAudit], list[TeacherRequest]]] = {}
+        for c, req in zip(state.chunks, state.requests):
+            rows.setdefault(c.row, ([], []))
+            rows[c.row][0].append(c)
+            rows[c.row][1].append(req)
+        fut = self.loop.submit(self._answer_rows(list(rows.values()), pending))
+        self._inflight.add(fut)
+        fut.add_done_callback(self._inflight.discard)
+        pending.rows.append(fut)
         return pending
 
     def finish(self, pending: PendingAudit, step: int | None = None) -> AuditResult:
@@ -351,7 +345,7 @@ class Pipeline:
             state.step = step
         t_wait = time.perf_counter()
         try:
-            results = [f.result() for f in pending.rows]  # (teacher seconds, scorer seconds) per row
+            results = [r for f in pending.rows for r in f.result()]  # (teacher seconds, scorer seconds) per row
         except BaseException:
             for f in pending.rows:
                 f.cancel()
@@ -383,6 +377,18 @@ class Pipeline:
         m.update(record_episode(state, self.recorder))
         return AuditResult(state.advantages_B_T, state.audit_mask_B_T, state.chunks, state.starts, m,
                            rollouts=state.rollouts, extra=state.extra)
+
+    async def _answer_rows(self, rows: list[tuple[list[ChunkAudit], list[TeacherRequest]]],
+                           pending: PendingAudit) -> list[tuple[float, float]]:
+        """Every completion's forks at once; a configuration error in any stops them all."""
+        tasks = [asyncio.ensure_future(self._answer_row(cs, rs, pending)) for cs, rs in rows]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def _answer_row(self, chunks: list[ChunkAudit], requests: list[TeacherRequest],
                           pending: PendingAudit) -> tuple[float, float]:

@@ -10,16 +10,15 @@ from omniopd.event_loop import EventLoop
 from omniopd.pipeline import Pipeline
 from omniopd.rollouts import generate_rollouts
 from omniopd.similarity import build_similarity
-from providers.base import TeacherSample
 from scheduler import ForkScheduler
+from tests.test_pipeline import ScriptedTeacher
 
 
-class RowTeacher:
+class RowTeacher(ScriptedTeacher):
     """Row 0's forks wait (up to 5 s) until phi has scored some other chunk; the rest answer at once."""
 
-    spec = "scripted:rows"
-
     def __init__(self, slow_prefixes, phi_called: threading.Event, events: list):
+        super().__init__(lambda req: ["the same words"] * req.n)
         self.slow, self.phi_called, self.events = slow_prefixes, phi_called, events
 
     async def sample(self, request):
@@ -29,13 +28,7 @@ class RowTeacher:
                     break
                 await asyncio.sleep(0.01)
             self.events.append("slow answered")
-        return [TeacherSample(text="the same words", teacher=self.spec) for _ in range(request.n)]
-
-    def identity(self):
-        return {"provider": "scripted"}
-
-    async def aclose(self):
-        pass
+        return await super().sample(request)
 
 
 @pytest.fixture
@@ -69,18 +62,6 @@ def test_scoring_starts_as_samples_arrive(rollouts, tiny_tok):
 
 
 def test_an_extra_stage_between_pihat_and_scatter(rollouts, tiny_tok):
-    class Echo:
-        spec = "scripted:echo"
-
-        async def sample(self, request):
-            return [TeacherSample(text=w) for w in ("a b c", "x y z")][: request.n]
-
-        def identity(self):
-            return {"provider": "scripted"}
-
-        async def aclose(self):
-            pass
-
     seen = {}
 
     def baseline(state):  # a group baseline on pihat: what issue 9's signals plug in here
@@ -90,7 +71,8 @@ def test_an_extra_stage_between_pihat_and_scatter(rollouts, tiny_tok):
             c.pihat -= mean
         return {"pihat_baseline": mean}
 
-    p = Pipeline(Echo(), tiny_tok, ForkScheduler(chunk_tokens=5, chunks_per_completion=2), build_similarity("edit"),
+    echo = ScriptedTeacher(lambda req: ["a b c", "x y z"][: req.n])
+    p = Pipeline(echo, tiny_tok, ForkScheduler(chunk_tokens=5, chunks_per_completion=2), build_similarity("edit"),
                  samples=2, extra_stages=[baseline])
     pending = p.start(rollouts, step=3)  # requests out; the caller is free until finish
     res = p.finish(pending)
@@ -101,3 +83,18 @@ def test_an_extra_stage_between_pihat_and_scatter(rollouts, tiny_tok):
             [before - res.metrics["pihat_baseline"]] * c.length, abs=1e-6)
     for k in ("scheduler_seconds", "teacher_seconds", "scorer_seconds", "pihat_mean", "audited_tokens", "forks"):
         assert k in res.metrics
+
+
+def test_seeded_audits_with_a_local_teacher_repeat(rollouts, tiny_tok):
+    from providers.local import LocalTeacher
+    from tests.tiny import tiny_llama
+
+    teacher_model = tiny_llama(tiny_tok, seed=1)
+    texts = []
+    for _ in range(3):
+        p = Pipeline(LocalTeacher(teacher_model, tiny_tok, spec="local:tiny"), tiny_tok,
+                     ForkScheduler(chunk_tokens=5, chunks_per_completion=2), build_similarity("edit"), samples=3)
+        torch.manual_seed(1)
+        texts.append([c.teacher_texts for c in p.audit(rollouts, step=0).chunks])
+        p.close()
+    assert texts[0] and texts[0] == texts[1] == texts[2]  # one batched generate per step, the same every time
