@@ -24,8 +24,11 @@ $(VENV)/.omniopd-installed: pyproject.toml
 # llama.cpp's OpenAI-compatible server, the real peer of the local-teacher tests (builds ~9 min once).
 install-server: $(VENV)/.omniopd-server-installed
 
+# Built portable (GGML_NATIVE=OFF: AVX2/FMA/F16C, no AMX): a -march=native build on a CPU that
+# advertises AMX segfaults in llama_decode inside this sandbox. --no-cache-dir so a natively built
+# wheel already in pip's cache is never reused (pip's cache key does not include CMAKE_ARGS).
 $(VENV)/.omniopd-server-installed: $(VENV)/.omniopd-installed
-	$(PIP) install -q "llama-cpp-python[server]==0.3.36"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	touch $@
 
 # A short real distillation: packaged SmolLM2-135M-Instruct student and local teacher, packaged

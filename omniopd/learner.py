@@ -126,21 +126,7 @@ class OmniOPDTrainer(GRPOTrainer):
             # the queue of started batches: with --async-steps N it holds up to N + 1 (bounded staleness);
             # evaluation never takes from (or adds to) the training queue
             queue = self._ahead if mode == "train" else collections.deque()
-            sampling_s = 0.0
-            while len(queue) < self._batches_wanted(mode):
-                t_sample = time.perf_counter()
-                if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
-                    rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
-                elif self.use_vllm:
-                    rollouts = self._vllm_rollouts(unwrapped, prompts)
-                else:
-                    rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
-                                                 max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                                 progress=self.progress)
-                sampling_s += time.perf_counter() - t_sample
-                queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
-            sampled_at, finish = queue.popleft()
-            audit = finish()
+            audit, sampling_s, sampled_at = self._next_scored(queue, mode, inputs, prompts, unwrapped)
         rollouts = audit.rollouts
         t2 = time.perf_counter()
         t1 = t0 + sampling_s  # audit_seconds: what scoring cost this thread (sync: all of it; async: the wait)
@@ -175,6 +161,25 @@ class OmniOPDTrainer(GRPOTrainer):
         for name, value in reduce_over_processes(local, self.accelerator).items():
             m[name].append(value)
         return out
+
+    def _next_scored(self, queue, mode, inputs, prompts, unwrapped):
+        """Fill the queue of started batches, then finish the oldest: (scored batch, sampling seconds, step sampled at)."""
+        sampling_s = 0.0
+        while len(queue) < self._batches_wanted(mode):
+            t_sample = time.perf_counter()
+            if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
+                rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+            elif self.use_vllm:
+                rollouts = self._vllm_rollouts(unwrapped, prompts)
+            else:
+                rollouts = generate_rollouts(unwrapped, self.processing_class, prompts,
+                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                             progress=self.progress)
+            sampling_s += time.perf_counter() - t_sample
+            queue.append((self.state.global_step, self._start_scoring(rollouts, inputs, unwrapped)))
+        sampled_at, finish = queue.popleft()
+        audit = finish()
+        return audit, sampling_s, sampled_at
 
     def _vllm_rollouts(self, student, prompts) -> Rollouts:
         """TRL's own vLLM generation (`use_vllm`, colocate or server: it syncs the weights), then
@@ -352,9 +357,11 @@ class OmniOPDTrainer(GRPOTrainer):
 
 
 # Audit metrics that count things (or money) per process: summed over processes; seconds: the
-# slowest process; everything else (means, shares, minima of a step) is averaged.
+# slowest process; run totals read from the shared spend ledger (already global): the latest
+# reading; everything else (means, shares, minima of a step) is averaged.
+_GLOBAL = ("teacher_cost_usd_total",)
 _SUMMED = ("forks", "forks_requested", "teacher_samples", "teacher_samples_total", "teacher_failed_chunks",
-           "teacher_cost_usd", "teacher_cost_usd_total", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
+           "teacher_cost_usd", "audited_tokens", "unaudited_tokens", "replay_missed_forks",
            "replay_missed_forks_step", "teacher_scored_tokens", "sg_teacher_rows", "sg_teacher_offered",
            "tropd_guided_rows", "tropd_prefix_tokens", "verifier_judged")
 
@@ -376,7 +383,7 @@ def reduce_over_processes(metrics: dict[str, float], accelerator) -> dict[str, f
         name = key.split("/", 1)[-1]
         if name in _SUMMED:
             out[key] = sum(values)
-        elif name.endswith("_seconds"):
+        elif name.endswith("_seconds") or name in _GLOBAL:
             out[key] = max(values)
         else:
             out[key] = sum(values) / len(values)

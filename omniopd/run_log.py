@@ -73,6 +73,8 @@ class MetricsLogger(TrainerCallback):
 
     def log_stop(self, state, reason: str) -> None:
         """One closing row when the run stops early (the spend cap): where, why, and the totals."""
+        if not state.is_world_process_zero:
+            return
         row = {"step": state.global_step, "stopped": reason}
         if self.pipeline is not None:
             row["teacher_samples_total"] = self._samples_before + self.pipeline.teacher_samples_total
@@ -118,6 +120,20 @@ class MetricsLogger(TrainerCallback):
             )
 
 
+def _any_process(flag: bool) -> bool:
+    """True on every process when it is true on any: ranks read the shared ledger at slightly
+    different moments, and one rank stopping alone would leave the others waiting in DDP."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return flag
+    import torch
+    from accelerate.utils import gather
+
+    return bool(gather(torch.tensor([flag], device=state.device)).any())
+
+
 class BudgetStop(TrainerCallback):
     """Stops training after the step whose teacher spend reached `--max-teacher-usd`, with a checkpoint.
 
@@ -130,7 +146,7 @@ class BudgetStop(TrainerCallback):
         self.reason: str | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.pipeline is None or self.max_usd is None or self.pipeline.spent_usd < self.max_usd:
+        if self.pipeline is None or self.max_usd is None or not _any_process(self.pipeline.spent_usd >= self.max_usd):
             return control
         if state.global_step < state.max_steps:
             self.reason = (f"teacher spend ${self.pipeline.spent_usd:.4f} reached --max-teacher-usd {self.max_usd}; "

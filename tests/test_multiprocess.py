@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cache.episodes import Replay
+from tests.fake_providers import fake_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -88,31 +89,40 @@ def test_replay_of_the_two_rank_run_sees_both_ranks(two_rank_run, tiny_tok):
     assert all(r["teacher_samples"] > 0 for r in rows)
 
 
-def test_two_ranks_share_one_spend_cap_and_stop_together(tmp_path):
-    """The run's ledger is one file for both ranks: their joint spend stays under the cap, and
-    when either rank is refused, both stop at the same step (nobody is left in an all-reduce)."""
+def test_teacher_budget_is_global_across_ranks(tmp_path, fake_server):
+    """Two ranks buy from one priced API teacher (the fake wire server) under one --max-teacher-usd:
+    the run's total spend stays under a cap that one rank alone would cross over the planned steps."""
     from omniopd.ledger import LEDGER_FILE, SpendLedger
-    from tests.fake_providers import FakeProviderServer
 
-    if not TORCHRUN.is_file() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not installed next to this Python")
-    cap = 0.02  # both ranks reserve ~$0.015 (worst case) per step and pay ~$0.002: the cap lands after a few steps
-    with FakeProviderServer() as srv:
-        env = {**os.environ, **srv.env(), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        overrides = _overrides(tmp_path, "run", **{"teacher.spec": "claude-haiku", "teacher.no_fallback": True,
-                                                   "teacher.max_usd": cap, "learner.max_steps": 6,
-                                                   "teacher.rpm": 60000})
-        cmd = [str(TORCHRUN if TORCHRUN.is_file() else shutil.which("torchrun")), "--nproc_per_node", "2",
-               "--standalone", str(ROOT / "tests" / "dist_child.py"), json.dumps(overrides)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        requests = len(srv.requests("anthropic"))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    run = tmp_path / "run"
-    with SpendLedger(run / LEDGER_FILE) as led:
-        spent, bought = led.spent, led.samples
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    print(f"2 ranks, cap ${cap}: spent ${spent:.6f} on {bought} samples ({requests} requests); "
-          f"stopped at step {rows[-1]['step']}")
-    assert 0 < spent <= cap and rows[-1].get("stopped") == "max_teacher_usd"
-    assert rows[-1]["step"] < 6 and list(run.glob("checkpoint-*")) and not (run / "final").exists()
+    cap, steps = 0.015, 12
+    env = {**os.environ, **fake_server.env(), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    over = _overrides(tmp_path, "budget", **{"teacher.spec": "claude-haiku", "teacher.no_fallback": True,
+                                             "teacher.rpm": 6000.0, "teacher.max_usd": cap, "learner.max_steps": steps,
+                                             "cache.mode": "off"})
+    over.pop("cache.path")
+    cmd = [str(TORCHRUN if TORCHRUN.is_file() else shutil.which("torchrun")), "--nproc_per_node", "2",
+           "--standalone", str(ROOT / "tests" / "dist_child.py"), json.dumps(over)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]  # both ranks stopped cleanly, together
+    rows = [json.loads(x) for x in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    steps_run = [r for r in rows if "stopped" not in r]
+    stops = [r for r in rows if "stopped" in r]
+    assert len(stops) == 1 and stops[0]["stopped"] == "max_teacher_usd"  # one closing row, from rank 0
+    assert 1 <= len(steps_run) < steps
+    run = tmp_path / "budget"
+    assert list(run.glob("checkpoint-*")) and not (run / "final").exists()  # stopped with a checkpoint, resumable
+    ledger = SpendLedger(tmp_path / "budget" / LEDGER_FILE, None)
+    try:
+        spent = ledger.spent
+    finally:
+        ledger.close()
+    assert 0 < spent <= cap
+    # one rank's spend per step (rows hold both ranks' sum): alone, over the planned steps, it would cross the cap
+    per_rank_step = sum(r["teacher_cost_usd"] for r in steps_run) / len(steps_run) / 2
+    assert per_rank_step * steps > cap
+    replay = Replay(tmp_path / "budget")
+    try:
+        assert {rank for _, rank in replay.entries()} == {0, 1}  # both ranks bought and recorded samples
+    finally:
+        replay.close()
