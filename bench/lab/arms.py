@@ -254,12 +254,7 @@ def _sft(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: f
         for _ in range(n_steps):
             batch = nets.collate([data[i] for i in rng.sample(range(len(data)), min(s.arm_batch, len(data)))],
                                  ctx.tokenizer.pad_token_id)
-            loss = student(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            nets.train_step(student, opt, sched, batch)
             step += 1
         ms.extra = {"solutions": bought}
         ms.check(student, step)

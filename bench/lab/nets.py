@@ -83,6 +83,17 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def train_step(model, opt, sched, batch: dict[str, torch.Tensor]) -> float:
+    """One cross-entropy step on a collated batch (gradient clipped at 1); returns the loss."""
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def sft(model, tokenizer, pairs: list[tuple[str, ...]], *, steps: int, batch_size: int, lr: float, seed: int,
         warmup: int | None = None, weight_decay: float = 0.0, schedule: str = "cosine",
         stop: Callable[[int], bool] | None = None) -> list[float]:
@@ -115,14 +126,7 @@ def sft(model, tokenizer, pairs: list[tuple[str, ...]], *, steps: int, batch_siz
             rng.shuffle(extra)
             order += extra
         idx, order = order[:batch_size], order[batch_size:]
-        batch = collate([data[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(train_step(model, opt, sched, collate([data[i] for i in idx], tokenizer.pad_token_id)))
         if stop is not None and stop(step + 1):
             break
     model.eval()
