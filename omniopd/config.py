@@ -72,10 +72,10 @@ DEFAULT_FALLBACK_TEACHER = "local:smollm2"
 @dataclass
 class TeacherConfig:
     spec: str = knob("local:smollm2", "teacher: claude-haiku, anthropic:M, openai:M, gemini:M, openai-compatible:M, local:ID_OR_PATH", flag="--teacher")
-    samples: int = knob(10, "N: teacher continuations per audited chunk (the paper: 10)", flag="--teacher-samples")
+    samples: int | None = knob(None, "N: teacher continuations per audited chunk; unset = 1 with --fork-imitation (the default signal: one continuation to the end of the answer per fork), else 10 (the paper)", flag="--teacher-samples")
     base_url: str | None = knob(None, "API base URL (required for openai-compatible:, overrides the SDK's env var otherwise)", flag="--teacher-base-url")
     temperature: float | None = knob(None, "teacher sampling temperature; unset = the provider's default", flag="--teacher-temperature")
-    token_factor: float = knob(1.3, "teacher max tokens per continuation = ceil(factor * chunk tokens)", flag="--teacher-token-factor")
+    token_factor: float | None = knob(None, "teacher max tokens per continuation = ceil(factor * chunk tokens); unset = 4.0 with --fork-imitation (the teacher continues to the end of the answer), else 1.3", flag="--teacher-token-factor")
     fallback: str | None = knob(None, f"local teacher used when the API fails past its deadline (unset: {DEFAULT_FALLBACK_TEACHER}); naming it also lets a run with no API key start on it", flag="--fallback-teacher")
     no_fallback: bool = knob(False, "fail instead of falling back to the local teacher", flag="--no-fallback")
     max_usd: float | None = knob(None, "stop cleanly (checkpoint saved) once teacher spend reaches this many USD", flag="--max-teacher-usd")
@@ -91,9 +91,9 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.spec), "teacher.spec", "must not be empty")
-        _check(self.samples >= 1, "teacher.samples", f"must be >= 1; got {self.samples}")
+        _check(self.samples is None or self.samples >= 1, "teacher.samples", f"must be >= 1; got {self.samples}")
         _check(self.temperature is None or self.temperature >= 0, "teacher.temperature", f"must be >= 0; got {self.temperature}")
-        _check(self.token_factor >= 1.0, "teacher.token_factor", f"must be >= 1; got {self.token_factor}")
+        _check(self.token_factor is None or self.token_factor >= 1.0, "teacher.token_factor", f"must be >= 1; got {self.token_factor}")
         _check(self.max_usd is None or self.max_usd > 0, "teacher.max_usd", f"must be > 0; got {self.max_usd}")
         _check(self.concurrency >= 1, "teacher.concurrency", f"must be >= 1; got {self.concurrency}")
         _check(self.rpm is None or self.rpm > 0, "teacher.rpm", f"must be > 0; got {self.rpm}")
@@ -136,12 +136,12 @@ class SchedulerConfig:
         _check_choice(self.selection, "scheduler.selection", ("entropy", "uniform"))
 
 
-SIMILARITY_CHOICES = ("embedding", "edit", "rouge1", "numbers", "token_f1")
+SIMILARITY_CHOICES = ("auto", "embedding", "edit", "rouge1", "numbers", "token_f1")
 
 
 @dataclass
 class ScorerConfig:
-    similarity: str = knob("embedding", "phi: embedding cosine (packaged MiniLM), normalised char edit distance, ROUGE-1 F1, numbers (number F1 x edit), or token_f1 (student-token F1)", choices=SIMILARITY_CHOICES)
+    similarity: str = knob("auto", "phi: auto (numbers; embedding with --paper-loss), embedding cosine (packaged MiniLM), normalised char edit distance, ROUGE-1 F1, numbers (number F1 x edit), or token_f1 (student-token F1)", choices=SIMILARITY_CHOICES)
     embedder: str = knob("minilm", "sentence-transformers model for phi=embedding: path, hub id, or 'minilm' (packaged)")
     alpha: float = knob(1.0, "Dirichlet prior strength alpha in pi_hat = (k + alpha*pi_bar)/(N + alpha)")
     trim_slack: float = knob(0.2, "teacher samples are trimmed to the student chunk's characters * (1 + slack) before phi")
@@ -218,8 +218,9 @@ class MethodConfig:
     tropd_top_k: int = knob(64, "tropd: teacher top-k tokens in the outlier forward KL (the paper: 64)")
     tropd_guidance_share: float = knob(0.5, "tropd: initial share of a teacher completion given as prefix (cosine to 0; 0 disables guidance)")
     tropd_guidance_weight: float = knob(1e-3, "tropd: initial imitation weight on the teacher prefix (cosine to 0)")
-    pihat_baseline: str = knob("none", "omniopd: chunk advantage = pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
-    fork_imitation: float = knob(0.0, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off)", flag="--fork-imitation")
+    paper_loss: bool = knob(False, "omniopd: the paper's signal exactly (no pi_hat baseline, no fork imitation, no drafts; phi=auto becomes embedding); README, Methods", flag="--paper-loss")
+    pihat_baseline: str = knob("loo", "omniopd: chunk advantage = pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
+    fork_imitation: float = knob(2.0, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off)", flag="--fork-imitation")
     student_drafts: int = knob(0, "omniopd: K alternative student chunks per fork, ranked by phi against the teacher samples, trained with group-relative advantages (0 = off)", flag="--student-drafts")
 
     def __post_init__(self) -> None:
@@ -244,9 +245,9 @@ class MethodConfig:
         _check_choice(self.pihat_baseline, "method.pihat_baseline", PIHAT_BASELINE_CHOICES)
         _check(self.fork_imitation >= 0, "method.fork_imitation", f"must be >= 0; got {self.fork_imitation}")
         _check(self.student_drafts >= 0, "method.student_drafts", f"must be >= 0; got {self.student_drafts}")
-        blackbox = self.pihat_baseline != "none" or self.fork_imitation > 0 or self.student_drafts > 0
-        _check(not blackbox or self.name == "omniopd", "method.pihat_baseline/fork_imitation/student_drafts",
-               f"apply to --method omniopd only (they reshape its chunk signal); got --method {self.name}")
+        # the black-box signals reshape OmniOPD's chunk signal; white-box methods ignore them (as they ignore --beta)
+        if self.paper_loss:
+            self.pihat_baseline, self.fork_imitation, self.student_drafts = "none", 0.0, 0
 
 
 @dataclass
@@ -298,6 +299,16 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     trl: dict[str, Any] = field(default_factory=dict)  # extra trl.GRPOConfig fields (see `check_trl_section`)
+
+    def __post_init__(self) -> None:
+        # "auto" knobs take their value from the signal (README, Methods: defaults follow the lab's measurement)
+        if self.scorer.similarity == "auto":
+            self.scorer = dataclasses.replace(self.scorer, similarity="embedding" if self.method.paper_loss else "numbers")
+        imitating = self.method.name == "omniopd" and self.method.fork_imitation > 0
+        if self.teacher.token_factor is None:
+            self.teacher = dataclasses.replace(self.teacher, token_factor=4.0 if imitating else 1.3)
+        if self.teacher.samples is None:
+            self.teacher = dataclasses.replace(self.teacher, samples=1 if imitating else 10)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -90,7 +90,8 @@ def _train(tmp_path, monkeypatch, async_steps, steps=4, teacher=None):
               "learner.prompts_per_step": 2, "learner.max_steps": steps, "learner.learning_rate": 5e-3,
               "learner.seed": 0, "learner.async_steps": async_steps, "output.dir": str(tmp_path / f"out{async_steps}"),
               "output.save_steps": 100, "scheduler.chunk_tokens": 4, "scheduler.chunks_per_completion": 2,
-              "teacher.samples": 2, "scorer.similarity": "edit", "cache.mode": "off"}
+              "teacher.samples": 2, "scorer.similarity": "edit", "cache.mode": "off",
+              "method.paper_loss": True}  # the paper's signal: only the student's own rows are trained
     result = run_train(build_config(None, values), model=tiny_llama(tok, seed=0), tokenizer=tok, teacher=teacher,
                        echo=False)
     rows = [json.loads(line) for line in (tmp_path / f"out{async_steps}" / "metrics.jsonl").read_text().splitlines()]

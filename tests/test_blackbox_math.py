@@ -132,8 +132,23 @@ def test_knobs_are_validated():
         build_config(None, {"method.fork_imitation": -1})
     with pytest.raises(ConfigError, match="student_drafts"):
         build_config(None, {"method.student_drafts": -1})
-    with pytest.raises(ConfigError, match="omniopd only"):
-        build_config(None, {"method.name": "opd", "method.fork_imitation": 1.0})
+    # white-box methods ignore the black-box signals (as they ignore --beta): the defaults do not stop --method opd
+    assert build_config(None, {"method.name": "opd"}).method.name == "opd"
+
+
+def test_default_signal_and_paper_loss():
+    """The default is the lab's best black-box arm; --paper-loss is the paper's signal; explicit knobs still win."""
+    d = build_config(None, {})
+    assert (d.method.pihat_baseline, d.method.fork_imitation, d.method.student_drafts) == ("loo", 2.0, 0)
+    assert (d.scorer.similarity, d.teacher.samples, d.teacher.token_factor) == ("numbers", 1, 4.0)
+    p = build_config(None, {"method.paper_loss": True})
+    assert (p.method.pihat_baseline, p.method.fork_imitation, p.method.student_drafts) == ("none", 0.0, 0)
+    assert (p.scorer.similarity, p.teacher.samples, p.teacher.token_factor) == ("embedding", 10, 1.3)
+    e = build_config(None, {"method.paper_loss": True, "scorer.similarity": "edit", "teacher.samples": 4})
+    assert (e.scorer.similarity, e.teacher.samples) == ("edit", 4)
+    # the resolved values are what a run saves, so a resumed run or a replay sees the same signal
+    import dataclasses as dc
+    assert dc.replace(d, learner=dc.replace(d.learner, max_steps=9)).teacher.samples == 1
 
 
 def test_append_rows_keeps_the_batch_and_scores_new_rows(tiny_tok):

@@ -188,7 +188,8 @@ def test_omniopd_with_verifier_gate_scales_chunk_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Pipeline, "audit", spy)
     result, batches, snaps, tok, rows, _ = _run(tmp_path, monkeypatch, "omniopd", **{"method.verifier_gate": True,
-                                                                                        "learner.beta": 0.0})
+                                                                                        "learner.beta": 0.0,
+                                                                                        "method.paper_loss": True})
     assert result.steps == 2 and len(unscaled) == 2
     _assert_each_step_descends(tok, batches, snaps)
     for b, pihat, row in zip(batches, unscaled, rows):
