@@ -192,7 +192,7 @@ class LearnerConfig:
 
 METHOD_CHOICES = ("omniopd", "opd", "sg-opd", "tropd")
 DRIFT_GATE_CHOICES = ("off", "block", "newline")
-PIHAT_BASELINE_CHOICES = ("none", "group", "loo")
+PIHAT_BASELINE_CHOICES = ("auto", "none", "group", "loo")
 
 
 @dataclass
@@ -218,12 +218,17 @@ class MethodConfig:
     tropd_top_k: int = knob(64, "tropd: teacher top-k tokens in the outlier forward KL (the paper: 64)")
     tropd_guidance_share: float = knob(0.5, "tropd: initial share of a teacher completion given as prefix (cosine to 0; 0 disables guidance)")
     tropd_guidance_weight: float = knob(1e-3, "tropd: initial imitation weight on the teacher prefix (cosine to 0)")
-    paper_loss: bool = knob(False, "omniopd: the paper's signal exactly (no pi_hat baseline, no fork imitation, no drafts; phi=auto becomes embedding); README, Methods", flag="--paper-loss")
-    pihat_baseline: str = knob("loo", "omniopd: chunk advantage = pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
-    fork_imitation: float = knob(2.0, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off)", flag="--fork-imitation")
+    paper_loss: bool = knob(False, "omniopd: the paper's signal: unset signal knobs take the paper's values (no pi_hat baseline, no fork imitation, phi embedding, N 10, 1.3 C-token continuations); README, Methods", flag="--paper-loss")
+    pihat_baseline: str = knob("auto", "omniopd: chunk advantage; auto = loo (none with --paper-loss); pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
+    fork_imitation: float | None = knob(None, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off); unset = 2 (0 with --paper-loss)", flag="--fork-imitation")
     student_drafts: int = knob(0, "omniopd: K alternative student chunks per fork, ranked by phi against the teacher samples, trained with group-relative advantages (0 = off)", flag="--student-drafts")
 
     def __post_init__(self) -> None:
+        # unset signal knobs follow --paper-loss (the paper) or the default signal; explicit values win
+        if self.pihat_baseline == "auto":
+            self.pihat_baseline = "none" if self.paper_loss else "loo"
+        if self.fork_imitation is None:
+            self.fork_imitation = 0.0 if self.paper_loss else 2.0
         _check_choice(self.name, "method.name", METHOD_CHOICES)
         _check_choice(self.drift_gate, "method.drift_gate", DRIFT_GATE_CHOICES)
         _check(self.gate_block_tokens >= 1, "method.gate_block_tokens", f"must be >= 1; got {self.gate_block_tokens}")
@@ -246,8 +251,6 @@ class MethodConfig:
         _check(self.fork_imitation >= 0, "method.fork_imitation", f"must be >= 0; got {self.fork_imitation}")
         _check(self.student_drafts >= 0, "method.student_drafts", f"must be >= 0; got {self.student_drafts}")
         # the black-box signals reshape OmniOPD's chunk signal; white-box methods ignore them (as they ignore --beta)
-        if self.paper_loss:
-            self.pihat_baseline, self.fork_imitation, self.student_drafts = "none", 0.0, 0
 
 
 @dataclass

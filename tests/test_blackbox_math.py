@@ -144,8 +144,10 @@ def test_default_signal_and_paper_loss():
     p = build_config(None, {"method.paper_loss": True})
     assert (p.method.pihat_baseline, p.method.fork_imitation, p.method.student_drafts) == ("none", 0.0, 0)
     assert (p.scorer.similarity, p.teacher.samples, p.teacher.token_factor) == ("embedding", 10, 1.3)
-    e = build_config(None, {"method.paper_loss": True, "scorer.similarity": "edit", "teacher.samples": 4})
-    assert (e.scorer.similarity, e.teacher.samples) == ("edit", 4)
+    e = build_config(None, {"method.paper_loss": True, "scorer.similarity": "edit", "teacher.samples": 4,
+                            "method.pihat_baseline": "loo"})
+    assert (e.scorer.similarity, e.teacher.samples, e.method.pihat_baseline, e.method.fork_imitation) == ("edit", 4, "loo", 0.0)
+    assert build_config(None, {"method.fork_imitation": 0.0}).teacher.token_factor == 1.3  # no imitation: chunk-length
     # the resolved values are what a run saves, so a resumed run or a replay sees the same signal
     import dataclasses as dc
     assert dc.replace(d, learner=dc.replace(d.learner, max_steps=9)).teacher.samples == 1

@@ -50,7 +50,9 @@ class Arm:
 
 
 _BB, _WB = "black-box", "white-box"
-_PAPER = {"method.pihat_baseline": "none", "method.fork_imitation": 0.0, "scorer.similarity": "embedding"}
+# the paper's signal (--paper-loss: no baseline, no imitation, phi=embedding, N from the scale): the base of
+# every OmniOPD ablation and signal arm, so their rows keep meaning what they measured before the default changed
+_PAPER = {"method.paper_loss": True}
 
 # --- the table ------------------------------------------------------------------------------
 ARMS: dict[str, Arm] = {a.name: a for a in [
@@ -58,13 +60,13 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("noise-floor", "noise", "none", "the start plus random weight noise of the L2 size the trained arms moved it"),
     Arm("sft", "sft", _BB, "SFT on teacher-written solutions (teacher as text, whole answers, bought as it trains)"),
     Arm("opd", "opd", _WB, "white-box on-policy distillation: TRL DistillationTrainer, reverse KL to teacher logits"),
-    Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's defaults"),
+    Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's default signal (N, C, M at the lab's scale)"),
     Arm("omniopd-paper", "pipeline", _BB, "the paper's loss, pinned: no baseline, no imitation, phi=embedding", _PAPER),
-    Arm("omniopd-uniform", "pipeline", _BB, "ablation: chunks spread uniformly", {"scheduler.selection": "uniform"}),
-    Arm("omniopd-alpha0", "pipeline", _BB, "ablation: no Dirichlet smoothing (alpha=0)", {"scorer.alpha": 0.0}),
-    Arm("omniopd-beta0", "pipeline", _BB, "ablation: no KL anchor (beta=0)", {"learner.beta": 0.0}),
-    Arm("omniopd-edit", "pipeline", _BB, "phi = normalised edit distance", {"scorer.similarity": "edit"}),
-    Arm("omniopd-rouge1", "pipeline", _BB, "phi = ROUGE-1 F1", {"scorer.similarity": "rouge1"}),
+    Arm("omniopd-uniform", "pipeline", _BB, "ablation: chunks spread uniformly", {**_PAPER, "scheduler.selection": "uniform"}),
+    Arm("omniopd-alpha0", "pipeline", _BB, "ablation: no Dirichlet smoothing (alpha=0)", {**_PAPER, "scorer.alpha": 0.0}),
+    Arm("omniopd-beta0", "pipeline", _BB, "ablation: no KL anchor (beta=0)", {**_PAPER, "learner.beta": 0.0}),
+    Arm("omniopd-edit", "pipeline", _BB, "phi = normalised edit distance", {**_PAPER, "scorer.similarity": "edit"}),
+    Arm("omniopd-rouge1", "pipeline", _BB, "phi = ROUGE-1 F1", {**_PAPER, "scorer.similarity": "rouge1"}),
     # the other methods of the same pipeline (issue 6; docs in the README's Methods section)
     Arm("opd-pipeline", "pipeline", _WB, "standard OPD in omniopd's learner: A_t = log pi_T - log pi_old, no KL anchor",
         {"method.name": "opd"}),
@@ -73,41 +75,41 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("tropd", "pipeline", _WB, "TrOPD: Bernoulli trust, forward KL on outliers (teacher top-64), teacher-prefix guidance",
         {"method.name": "tropd"}),
     Arm("omniopd-2upd", "pipeline", _BB, "OmniOPD, 2 updates per batch of rollouts (no gate): the gate's control",
-        {"learner.updates_per_batch": 2}),
+        {**_PAPER, "learner.updates_per_batch": 2}),
     Arm("omniopd-2upd-gated", "pipeline", _BB, "OmniOPD, 2 updates per batch + blockwise policy-drift gate (64 tokens)",
-        {"learner.updates_per_batch": 2, "method.drift_gate": "block"}),
+        {**_PAPER, "learner.updates_per_batch": 2, "method.drift_gate": "block"}),
     Arm("omniopd-verifier-gate", "pipeline", _BB, "OmniOPD with chunk weights scaled by math-verify verdicts (x1.8 / x0.5)",
-        {"method.verifier_gate": True}),
+        {**_PAPER, "method.verifier_gate": True}),
     # issue 9's signals (README, Methods): a baseline for pi_hat, fork imitation, drafts, phi
     Arm("omniopd-group", "pipeline", _BB, "pi_hat minus its group mean (the G completions of a prompt)",
-        {"method.pihat_baseline": "group"}),
+        {**_PAPER, "method.pihat_baseline": "group"}),
     Arm("omniopd-loo", "pipeline", _BB, "pi_hat minus the leave-one-out mean of its group",
-        {"method.pihat_baseline": "loo"}),
+        {**_PAPER, "method.pihat_baseline": "loo"}),
     Arm("omniopd-imitate", "pipeline", _BB, "+ CE on the teacher's continuations at the student's forks (chunk length)",
-        {"method.fork_imitation": 1.0}),
+        {**_PAPER, "method.fork_imitation": 1.0}),
     Arm("omniopd-imitate-end", "pipeline", _BB, "+ CE on teacher continuations to the end of the answer (black-box DAgger)",
-        {"method.fork_imitation": 1.0, "teacher.token_factor": 4.0}),
+        {**_PAPER, "method.fork_imitation": 1.0, "teacher.token_factor": 4.0}),
     Arm("omniopd-drafts", "pipeline", _BB, "K=4 student drafts per fork ranked by phi, group-relative advantages",
-        {"method.student_drafts": 4}),
+        {**_PAPER, "method.student_drafts": 4}),
     Arm("omniopd-numbers", "pipeline", _BB, "phi = agreement on the numbers (and the final answer)",
-        {"scorer.similarity": "numbers"}),
+        {**_PAPER, "scorer.similarity": "numbers"}),
     Arm("omniopd-tokenf1", "pipeline", _BB, "phi = token-level F1 on the student's tokenizer",
-        {"scorer.similarity": "token_f1"}),
+        {**_PAPER, "scorer.similarity": "token_f1"}),
     Arm("omniopd-loo-numbers", "pipeline", _BB, "leave-one-out baseline + phi = numbers",
-        {"method.pihat_baseline": "loo", "scorer.similarity": "numbers"}),
+        {**_PAPER, "method.pihat_baseline": "loo", "scorer.similarity": "numbers"}),
     Arm("omniopd-loo-imitate-numbers", "pipeline", _BB, "leave-one-out baseline + fork imitation + phi = numbers",
-        {"method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "scorer.similarity": "numbers"}),
+        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "scorer.similarity": "numbers"}),
     Arm("omniopd-dagger-n1", "pipeline", _BB,
         "black-box DAgger: leave-one-out + imitation to the end (w=2) + phi = numbers, N=1 teacher sample per fork",
-        {"method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
+        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
          "scorer.similarity": "numbers", "teacher.samples": 1}),
     Arm("omniopd-dagger-n2", "pipeline", _BB,
         "black-box DAgger: leave-one-out + imitation to the end (w=2) + phi = numbers, N=2 teacher samples per fork",
-        {"method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
+        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
          "scorer.similarity": "numbers", "teacher.samples": 2}),
     Arm("omniopd-loo-imitate-end-numbers", "pipeline", _BB,
         "leave-one-out baseline + imitation to the end (DAgger) + phi = numbers",
-        {"method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "teacher.token_factor": 4.0,
+        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "teacher.token_factor": 4.0,
          "scorer.similarity": "numbers"}),
 ]}
 
