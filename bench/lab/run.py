@@ -1,7 +1,7 @@
 """The controlled distillation lab, as one command.
 
     python -m bench.lab.run --scale small             # the default arms, both task families
-    python -m bench.lab.run --scale small --arms all --lr-sweep 3e-4,1e-3,3e-3 --name small-full
+    python -m bench.lab.run --scale small --arms all --lr-sweep 1e-4,3e-4,1e-3 --name small-full
     python -m bench.lab.run --scale tiny --seeds 1    # seconds; the smoke test's size
 
 Per task family (`arith`, `lists`; `bench.lab.tasks`): draw train / held-out / dev problems
@@ -92,7 +92,7 @@ SCALES: dict[str, Scale] = {
                    teacher_lr=3e-3, teacher_repair=0.5, teacher_repair_steps=0, teacher_repair_lr=1e-3,
                    teacher_repair_rollouts=4000, student=NetSize(64, 2, 4, 192), student_lr=1e-3,
                    student_max_steps=3000, start_target=0.37, start_eval_every=20, budget_tokens=50_000,
-                   milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=3e-4, arm_batch=16, sft_reuse=2, prompts_per_step=4,
+                   milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=1e-4, arm_batch=16, sft_reuse=2, prompts_per_step=4,
                    generations=4, teacher_samples=4, chunk_tokens=8, chunks_per_completion=2, max_arm_steps=5000),
     "large": Scale(n_train=40000, n_test=1000, n_dev=500, teacher=NetSize(256, 6, 8, 768), teacher_steps=8000,
                    teacher_lr=1e-3, teacher_repair=0.5, teacher_repair_steps=2000, teacher_repair_lr=5e-4,
