@@ -11,9 +11,10 @@ and never carries either policy itself:
 - `SpendLimit`: adds up what fresh samples cost (`cost_usd` of samples not served from the
   cache) and, through `check()`, refuses to start a step once the total reached `max_usd`
   (`BudgetExceededError`: the run stops cleanly and can be resumed). The check runs once per
-  step, before that step's requests go out, so a step that started always finishes. This is
-  deliberately small: the spend ledger (reserve before a call, settle after) replaces it with
-  the same two entry points, `check()` and `spent_usd`.
+  step, before that step's requests go out, so a step that started always finishes. The hard
+  cap is the run's spend ledger (`omniopd/spend.py`, reserve before a call, settle after, shared
+  by all processes); this per-process total is what `Pipeline.spent_usd` and `BudgetStop` read,
+  and a `Pipeline` built without a ledger (tests, scripts) still stops at `max_usd` through it.
 """
 
 from __future__ import annotations

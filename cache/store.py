@@ -383,11 +383,10 @@ class SampleStore:
             if len(e.key) != KEY_BYTES or len(e.uid) != KEY_BYTES:
                 raise CacheError(f"sample keys and ids must be {KEY_BYTES} bytes (got {len(e.key)}, {len(e.uid)}); this is a bug")
             s = e.sample
-            extra = s.extra
             rows.append(
                 (e.key, e.uid, float(e.created), s.text, s.finish_reason, float(s.input_tokens), float(s.output_tokens),
                  float(s.cache_read_tokens), float(s.cache_write_tokens), float(s.cost_usd), self._origin_id(conn, s.teacher, s.model),
-                 float(s.latency_s), int(bool(s.exact)), json.dumps(extra, sort_keys=True, default=str) if extra else None)
+                 float(s.latency_s), int(bool(s.exact)), json.dumps(s.extra, sort_keys=True, default=str) if s.extra else None)
             )
         before = conn.total_changes
         conn.executemany(f"INSERT OR IGNORE INTO samples ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
@@ -433,9 +432,10 @@ class SampleStore:
 
     def renew(self, keys: Sequence[bytes], holder: str, ttl_s: float) -> None:
         """Extend `holder`'s leases on `keys` (a holder still waiting on its teacher)."""
+        expires = self.clock() + ttl_s
         with self._transaction(doing="renewing leases") as conn:
             conn.executemany("UPDATE leases SET expires = ? WHERE key = ? AND holder = ?",
-                             [(self.clock() + ttl_s, k, holder) for k in keys])
+                             [(expires, k, holder) for k in keys])
 
     def release(self, keys: Sequence[bytes], holder: str) -> None:
         """Drop `holder`'s leases on `keys` (its purchase failed: let others try)."""

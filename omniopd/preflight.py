@@ -53,6 +53,14 @@ def _spec_candidates() -> list[str]:
     return [*ALIASES, *sorted(models), *(f"{p}:MODEL" for p in PROVIDERS), "local:smollm2"]
 
 
+def _spec_hint(spec: str) -> str:
+    """A near miss of an alias, a known provider:model, or a bare model name of the table."""
+    keys = {c: c for c in _spec_candidates()}
+    keys.update({c.split(":", 1)[1]: c for c in list(keys) if ":" in c and not c.endswith(":MODEL")})
+    close = difflib.get_close_matches(spec, list(keys), n=1, cutoff=0.6)
+    return f" (did you mean {keys[close[0]]}?)" if close else ""
+
+
 def check_teacher(cfg: TrainConfig, env: Mapping[str, str]) -> None:
     """The teacher spec parses, a local model resolves, and an API teacher has its key.
 
@@ -60,7 +68,7 @@ def check_teacher(cfg: TrainConfig, env: Mapping[str, str]) -> None:
     explicitly (then the run starts on that local teacher, and says so). Outages during a run
     fall back to the local teacher either way (`providers/fallback.py`).
     """
-    from omniopd.teachers import PROVIDERS, api_key, is_api_spec, key_env_names, parse_spec
+    from omniopd.teachers import PROVIDERS, api_key, key_env_names, parse_spec
 
     t = cfg.teacher
     spec = t.spec.strip()
@@ -69,24 +77,17 @@ def check_teacher(cfg: TrainConfig, env: Mapping[str, str]) -> None:
     if spec.startswith("local:"):
         _check_local(spec, "--teacher")
         return
-    if not is_api_spec(spec):
-        # a near miss of an alias, a known provider:model, or a bare model name of the table
-        keys = {c: c for c in _spec_candidates()}
-        keys.update({c.split(":", 1)[1]: c for c in list(keys) if ":" in c and not c.endswith(":MODEL")})
-        close = difflib.get_close_matches(spec, list(keys), n=1, cutoff=0.6)
-        hint = f" (did you mean {keys[close[0]]}?)" if close else ""
-        try:
-            parse_spec(spec)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}{hint}") from None
-    parsed = parse_spec(spec)
+    try:
+        parsed = parse_spec(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_spec_hint(spec)}") from None
     provider, model = parsed.kind, parsed.model
     info = PROVIDERS[provider]
     if provider == "openai-compatible" and not t.base_url:
         raise ConfigError("teacher openai-compatible: needs the server's URL; pass --teacher-base-url http://HOST:PORT/v1")
-    if info.needs_key and api_key(provider, env) is None and not t.no_fallback and t.fallback is not None:
-        return  # the user asked for the local teacher when the API cannot be used
     if info.needs_key and api_key(provider, env) is None:
+        if not t.no_fallback and t.fallback is not None:
+            return  # the user asked for the local teacher when the API cannot be used
         raise TeacherAuthError(
             f"teacher {spec} ({provider}:{model}) needs an API key: set {' or '.join(key_env_names(provider))} in the "
             "environment, choose another --teacher, or name --fallback-teacher local:MODEL to train on a local teacher "

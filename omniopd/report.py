@@ -112,7 +112,7 @@ def build_report(run: RunData, out_dir: str | Path | None = None, clock=time.tim
     out = Path(out_dir) if out_dir is not None else (run.run_dir or Path(".")) / "report"
     out.mkdir(parents=True, exist_ok=True)
     plots, missing = make_plots(run, out)
-    forks = run.forks() if run.episode_steps() else []
+    forks = run.forks(with_prefix=False) if run.episode_steps() else []  # the table shows no prefix
     rows = extreme_forks(forks)
     alpha = run.setting("scorer", "alpha")
     pages = []

@@ -209,6 +209,7 @@ class RunData:
         self._runs: list[str] = []
         self._episodes: dict[int, dict[str, Any]] | None = None
         self._samples: dict[str, SampleView] = {}
+        self._fork_memo: dict[tuple[int, bool, bool], list[Fork]] = {}  # (step, with_text, with_prefix) -> forks
         # where the run's own files are looked for: its directory, else the folder of its episodes file
         self.home = run_dir if run_dir is not None else (episodes_file.parent if episodes_file is not None else None)
         if self.home is not None:
@@ -337,17 +338,26 @@ class RunData:
                 self._samples[uid.hex()] = sample_view(uid.hex(), entry.sample, run_mode)
         return {i: self._samples[i] for i in ids if i in self._samples}
 
-    def forks(self, step: int | None = None, with_text: bool = True) -> list[Fork]:
-        """Every audited fork of `step` (all steps when None), in (step, completion, start) order."""
+    def forks(self, step: int | None = None, with_text: bool = True, with_prefix: bool = True) -> list[Fork]:
+        """Every audited fork of `step` (all steps when None), in (step, completion, start) order.
+
+        `with_text=False`: no sample text and no prefix; `with_prefix=False`: the samples but
+        empty prefixes (no tokenizer, no decoding)."""
         steps = self.steps() if step is None else [step]
         out: list[Fork] = []
         for s in steps:
-            out += self._forks_of(s, self.episode(s), with_text)
+            out += self._forks_of(s, self.episode(s), with_text, with_prefix)
         return out
 
-    def _forks_of(self, step: int, ep: dict[str, Any], with_text: bool) -> list[Fork]:
-        return forks_from_episode(step, ep, self.samples if with_text else None,
-                                  self.tokenizer if with_text else None, float(self.setting("scorer", "trim_slack", 0.2)))
+    def _forks_of(self, step: int, ep: dict[str, Any], with_text: bool, with_prefix: bool = True) -> list[Fork]:
+        # a report asks for the same forks several times (fork table, inspector pages, teacher
+        # table): build (and decode) each step's forks once
+        key = (step, with_text, with_text and with_prefix)
+        if key not in self._fork_memo:
+            self._fork_memo[key] = forks_from_episode(
+                step, ep, self.samples if with_text else None, self.tokenizer if key[2] else None,
+                float(self.setting("scorer", "trim_slack", 0.2)))
+        return self._fork_memo[key]
 
     def completion(self, step: int, index: int) -> Completion:
         ep = self.episode(step)
@@ -371,7 +381,7 @@ class RunData:
         """Per (teacher, mode): samples, exact share, tokens and stored cost of the samples the forks used."""
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         seen: set[str] = set()
-        for f in self.forks():
+        for f in self.forks(with_prefix=False):
             for s in f.samples:
                 if not s.stored or s.id in seen:
                     continue

@@ -112,6 +112,19 @@ def _load(path: Path):
     return LlamaForCausalLM.from_pretrained(str(path)).eval()
 
 
+def _cached_model(path: Path, retrain: bool, what: str, train: Callable[[], tuple[Any, dict]]) -> tuple[Any, dict]:
+    """(model, info): loaded from `path` if a previous run saved it there (unless `retrain`), else
+    `train()` -> (model, meta), saved with its meta in `lab_info.json` for the next run."""
+    if (path / "config.json").is_file() and not retrain:
+        model = _load(path)
+        _log(f"{what} loaded from {path}")
+        return model, {**json.loads((path / "lab_info.json").read_text()), "cached": True}
+    model, meta = train()
+    model.save_pretrained(str(path))
+    (path / "lab_info.json").write_text(json.dumps(meta))
+    return model, {**meta, "cached": False}
+
+
 def teacher_data(train: list, repair_share: float, seed: int, repair: bool = False) -> list[tuple[str, ...]]:
     """The teacher's SFT data: every reference solution, plus triples for a `repair_share`
     fraction of the problems (question, corrupted prefix, continuation: the correct rest, or
@@ -164,12 +177,8 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
     tkey = _key({"task": task, "size": dataclasses.asdict(scale.teacher), "steps": scale.teacher_steps,
                  "lr": scale.teacher_lr, "repair": scale.teacher_repair, "n_train": scale.n_train, "seed": data_seed,
                  "vocab": tok.get_vocab()})
-    tdir = cache_dir / f"{task}-teacher-{tkey}"
-    if (tdir / "config.json").is_file() and not retrain:
-        teacher = _load(tdir)
-        info["teacher"] = {**json.loads((tdir / "lab_info.json").read_text()), "cached": True}
-        _log(f"{task}: teacher loaded from {tdir}")
-    else:
+
+    def train_teacher():
         data = teacher_data(train, scale.teacher_repair, data_seed)
         teacher = nets.build_model(scale.teacher, tok, seed=0)
         _log(f"{task}: training teacher ({nets.n_params(teacher):,} params, {scale.teacher_steps} steps, "
@@ -177,20 +186,16 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
         t0 = time.perf_counter()
         losses = nets.sft(teacher, tok, data, steps=scale.teacher_steps, batch_size=scale.batch_size,
                           lr=scale.teacher_lr, seed=0)
-        meta = {"train_s": time.perf_counter() - t0, "final_loss": losses[-1], "params": nets.n_params(teacher),
-                "steps": scale.teacher_steps}
-        teacher.save_pretrained(str(tdir))
-        (tdir / "lab_info.json").write_text(json.dumps(meta))
-        info["teacher"] = {**meta, "cached": False}
+        return teacher, {"train_s": time.perf_counter() - t0, "final_loss": losses[-1],
+                         "params": nets.n_params(teacher), "steps": scale.teacher_steps}
+
+    teacher, info["teacher"] = _cached_model(cache_dir / f"{task}-teacher-{tkey}", retrain, f"{task}: teacher",
+                                             train_teacher)
 
     skey = _key({"tkey": tkey, "size": dataclasses.asdict(scale.student), "lr": scale.student_lr,
                  "target": scale.start_target, "max": scale.student_max_steps, "n_dev": scale.n_dev})
-    sdir = cache_dir / f"{task}-start-{skey}"
-    if (sdir / "config.json").is_file() and not retrain:
-        start = _load(sdir)
-        info["start"] = {**json.loads((sdir / "lab_info.json").read_text()), "cached": True}
-        _log(f"{task}: start loaded from {sdir}")
-    else:
+
+    def train_start():
         start = nets.build_model(scale.student, tok, seed=1000)
         t0 = time.perf_counter()
         probe = {"step": 0, "dev": 0.0}
@@ -207,22 +212,18 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
                  batch_size=scale.batch_size, lr=scale.student_lr, seed=1000, schedule="constant", stop=reached)
         meta = {"train_s": time.perf_counter() - t0, "steps": probe["step"], "dev_accuracy": probe["dev"],
                 "params": nets.n_params(start)}
-        start.save_pretrained(str(sdir))
-        (sdir / "lab_info.json").write_text(json.dumps(meta))
-        info["start"] = {**meta, "cached": False}
         _log(f"{task}: start trained {probe['step']} steps, dev greedy {probe['dev']:.3f} "
              f"({meta['train_s']:.0f}s)")
+        return start, meta
+
+    start, info["start"] = _cached_model(cache_dir / f"{task}-start-{skey}", retrain, f"{task}: start", train_start)
     start.eval()
 
     if scale.teacher_repair_steps > 0:
         rkey = _key({"tkey": tkey, "skey": skey, "steps": scale.teacher_repair_steps, "lr": scale.teacher_repair_lr,
                      "n": scale.teacher_repair_rollouts, "repair": "restart+clean", "max_new": scale.max_new_tokens})
-        rdir = cache_dir / f"{task}-teacher-repaired-{rkey}"
-        if (rdir / "config.json").is_file() and not retrain:
-            teacher = _load(rdir)
-            info["teacher_repair"] = {**json.loads((rdir / "lab_info.json").read_text()), "cached": True}
-            _log(f"{task}: repaired teacher loaded from {rdir}")
-        else:
+
+        def repair_teacher():
             t0 = time.perf_counter()
             repairs = student_repairs(start, tok, train[: scale.teacher_repair_rollouts], scale.max_new_tokens,
                                       scale.eval_batch, seed=data_seed)
@@ -236,13 +237,13 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
             data = teacher_data(train, scale.teacher_repair, data_seed + 1, repair=True) + repairs + clean
             _log(f"{task}: repair phase ({scale.teacher_repair_steps} steps, {len(repairs)} student-prefix repairs "
                  f"from {scale.teacher_repair_rollouts} start rollouts, {len(data)} examples)")
-            teacher = teacher.train()
-            nets.sft(teacher, tok, data, steps=scale.teacher_repair_steps, batch_size=scale.batch_size,
+            repaired = teacher.train()
+            nets.sft(repaired, tok, data, steps=scale.teacher_repair_steps, batch_size=scale.batch_size,
                      lr=scale.teacher_repair_lr, seed=1)
-            meta = {"train_s": time.perf_counter() - t0, "steps": scale.teacher_repair_steps,
-                    "student_repairs": len(repairs), "examples": len(data)}
-            teacher.save_pretrained(str(rdir))
-            (rdir / "lab_info.json").write_text(json.dumps(meta))
-            info["teacher_repair"] = {**meta, "cached": False}
+            return repaired, {"train_s": time.perf_counter() - t0, "steps": scale.teacher_repair_steps,
+                              "student_repairs": len(repairs), "examples": len(data)}
+
+        teacher, info["teacher_repair"] = _cached_model(cache_dir / f"{task}-teacher-repaired-{rkey}", retrain,
+                                                        f"{task}: repaired teacher", repair_teacher)
     teacher.eval()
     return TaskContext(scale, task, tok, teacher, start, train, test, dev, train_jsonl, workdir, info)

@@ -22,9 +22,9 @@ import torch
 
 from omniopd.config import MethodConfig
 from omniopd.methods.baseline import baselined_pihat_F
-from omniopd.methods.drafts import draft_rows
+from omniopd.methods.drafts import draft_rows, group_relative_F_K
 from omniopd.methods.imitation import imitation_rows
-from omniopd.methods.rows import ExtraRows, append_rows
+from omniopd.methods.rows import ExtraRows, append_rows, prompt_ids_rows
 from omniopd.pipeline import AuditResult, advantages_B_T
 from omniopd.rollouts import Rollouts, pad_rows_B_T
 
@@ -71,8 +71,7 @@ class BlackBoxSignals:
         comp = [rollouts.completion_ids[b, :n].tolist() for b, n in enumerate(lengths)]
         extra = ExtraRows()
         if self.cfg.student_drafts > 0:
-            prompts = [ids[m.bool()].tolist() for ids, m in zip(rollouts.prompt_ids, rollouts.prompt_mask)]
-            rows, originals, scores = draft_rows(chunks, prompts, comp, student, self.tokenizer, self.phi,
+            rows, originals, scores = draft_rows(chunks, prompt_ids_rows(rollouts), comp, student, self.tokenizer, self.phi,
                                                  drafts=self.cfg.student_drafts, trim_slack=self.trim_slack,
                                                  temperature=self.temperature)
             for c, a0 in originals:
@@ -80,7 +79,7 @@ class BlackBoxSignals:
             _extend(extra, rows)
             metrics.update(draft_rows=float(len(rows)), draft_score_original=_mean(scores[:, :1]),
                            draft_score_drafts=_mean(scores[:, 1:]),
-                           draft_adv_abs_mean=_mean((scores - scores.mean(1, keepdim=True)).abs()))
+                           draft_adv_abs_mean=_mean(group_relative_F_K(scores).abs()))
         if self.cfg.fork_imitation > 0:
             rows = imitation_rows(chunks, comp, self.tokenizer, self.cfg.fork_imitation, self.max_new_tokens)
             _extend(extra, rows)

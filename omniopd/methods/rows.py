@@ -56,7 +56,7 @@ def with_rows(rollouts: Rollouts, new_rows: dict[int, list[int]], tokenizer, stu
         return rollouts
     lengths = rollouts.lengths
     rows = [new_rows.get(b, rollouts.completion_ids[b, :lengths[b]].tolist()) for b in range(len(lengths))]
-    return _rebuild(rollouts, _prompt_rows(rollouts), rows, sorted(new_rows), list(rollouts.prompts), tokenizer, student)
+    return _rebuild(rollouts, prompt_ids_rows(rollouts), rows, sorted(new_rows), list(rollouts.prompts), tokenizer, student)
 
 
 def append_rows(rollouts: Rollouts, source_rows: list[int], contexts: list[list[int]], completions: list[list[int]],
@@ -71,7 +71,7 @@ def append_rows(rollouts: Rollouts, source_rows: list[int], contexts: list[list[
     """
     if not completions:
         return rollouts
-    prompt_rows = _prompt_rows(rollouts)
+    prompt_rows = prompt_ids_rows(rollouts)
     lengths = rollouts.lengths
     rows = [rollouts.completion_ids[b, :n].tolist() for b, n in enumerate(lengths)] + [list(c) for c in completions]
     prompt_rows += [prompt_rows[b] + list(ctx) for b, ctx in zip(source_rows, contexts, strict=True)]
@@ -80,7 +80,7 @@ def append_rows(rollouts: Rollouts, source_rows: list[int], contexts: list[list[
     return _rebuild(rollouts, prompt_rows, rows, fresh, prompts, tokenizer, student)
 
 
-def _prompt_rows(rollouts: Rollouts) -> list[list[int]]:
+def prompt_ids_rows(rollouts: Rollouts) -> list[list[int]]:
     return [ids[m.bool()].tolist() for ids, m in zip(rollouts.prompt_ids, rollouts.prompt_mask)]
 
 
@@ -124,7 +124,7 @@ def continue_prefixes(student, tokenizer, rollouts: Rollouts, prefixes: dict[int
     out.update({b: p[:max_new_tokens] for b, p in prefixes.items() if b not in todo})
     if not todo:
         return out
-    prompt_rows = _prompt_rows(rollouts)
+    prompt_rows = prompt_ids_rows(rollouts)
     order = sorted(todo)
     budget = max_new_tokens - min(len(p) for p in todo.values())
     conts = sample_continuations(student, tokenizer, [prompt_rows[b] + todo[b] for b in order], budget, temperature)
