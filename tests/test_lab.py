@@ -70,6 +70,31 @@ def test_corrupt_prefix_changes_one_number_before_the_answer():
         assert rest.endswith(f"#### {p.answer}")
 
 
+def test_teacher_data_restarts_only_where_the_numbers_are_already_wrong():
+    """A rollout cut where it still agrees with the reference (or only a copied word is off)
+    continues with the reference's rest; a cut whose numbers are off restarts with the whole
+    reference after the mark; restarts make up the asked share of the data."""
+    from bench.lab.prepare import _cut_examples, teacher_data
+
+    p = tasks.Problem("tom has 3 pens . tom buys 2 more pens and then gives 1 away . how many pens does tom have now ?",
+                      "tom has 3 + 2 = 5 pens . then 5 - 1 = 4 pens . #### 4", 4, "buy_give")
+    ref = p.solution.split(" ")
+    rng = random.Random(0)
+    for text, flaw_at in [(p.solution, None), (p.solution.replace("pens", "cups"), None),
+                          ("tom has 3 + 2 = 6 pens . then 6 - 1 = 5 pens . #### 5", 6)]:
+        for q, pre, rest, flawed in _cut_examples(p, text, rng, cuts=30):
+            words = pre.split(" ")
+            assert q == p.question and text.startswith(pre)
+            assert flawed == (flaw_at is not None and len(words) > flaw_at)
+            assert rest == (tasks.restart(p.solution) if flawed else " ".join(ref[len(words):]))
+    train, _ = tasks.make_splits(3, 300, 10, "arith")
+    rollouts = [" ".join(str(int(w) + 1) if tasks.is_number(w) else w for w in q.solution.split(" ")) for q in train]
+    data, counts = teacher_data(train, rollouts, 0.25, seed=0)
+    restarts = [d for d in data if len(d) == 3 and d[2].startswith(tasks.RESTART + " ")]
+    assert len(restarts) == counts["restart_examples"] and abs(len(restarts) - 0.25 * len(data)) <= 1
+    assert counts["continue_examples"] == len(data) - len(restarts) >= 2 * len(train)
+
+
 def test_tokenizer_round_trips_and_has_a_chat_template():
     train, test = tasks.make_splits(0, 300, 30)
     tok = train_tokenizer(tasks.corpus(train))

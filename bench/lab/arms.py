@@ -111,6 +111,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "leave-one-out baseline + imitation to the end (DAgger) + phi = numbers",
         {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "teacher.token_factor": 4.0,
          "scorer.similarity": "numbers"}),
+    # more optimizer steps per bought token: the SFT arm trains twice on every solution it buys
+    Arm("omniopd-x2", "pipeline", _BB, "omniopd train's default signal, 2 optimizer updates per batch of rollouts (PPO-clipped)",
+        {"learner.updates_per_batch": 2}),
+    Arm("omniopd-n4-x4", "pipeline", _BB,
+        "the default signal with N=4 teacher samples per fork and 4 updates per batch of rollouts",
+        {"teacher.samples": 4, "learner.updates_per_batch": 4}),
 ]}
 
 

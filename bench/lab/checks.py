@@ -4,7 +4,9 @@ Run before any arm (teacher accuracy, teacher recovery, the student's start) and
 control arms (positive control); each returns `{"figure": ..., "passed": bool, ...}` and the
 lab stops when one fails, because a table built on a failed check would mean nothing:
 
-- `teacher_accuracy`: the teacher's greedy held-out accuracy >= `scale.teacher_min`.
+- `teacher_accuracy`: the teacher's greedy held-out accuracy >= `scale.teacher_min`, with its
+  temperature-1 accuracy and how often its own temperature-1 solutions restart (the price of a
+  teacher that repairs: the SFT arm buys those solutions as they are).
 - `teacher_recovery`: the teacher's final-answer accuracy (temperature 1, as the arms sample it)
   when it continues the start student's own temperature-1 rollouts cut at the student's forks
   (its highest-entropy tokens, where OmniOPD's scheduler cuts), split into clean prefixes (equal
@@ -22,14 +24,18 @@ import statistics
 
 import torch
 
-from bench.lab import measure
+from bench.lab import measure, tasks
 
 
 def teacher_accuracy(ctx) -> dict:
     s = ctx.scale
     acc = ctx.accuracy(ctx.teacher, ctx.test)
-    t1 = ctx.accuracy(ctx.teacher, ctx.test, temperature=1.0, seed=1)
-    return {"figure": acc, "accuracy_t1": t1, "threshold": s.teacher_min, "passed": acc >= s.teacher_min}
+    g = measure.generate(ctx.teacher, ctx.tokenizer, [p.question for p in ctx.test], temperature=1.0, seed=1,
+                         max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch)
+    t1 = measure.accuracy(g.texts, [p.answer for p in ctx.test])
+    restarts = sum(tasks.RESTART in t.split(" ") for t in g.texts) / max(1, len(g.texts))
+    return {"figure": acc, "accuracy_t1": t1, "restarts_t1": restarts, "threshold": s.teacher_min,
+            "passed": acc >= s.teacher_min}
 
 
 def start_accuracy(ctx) -> dict:

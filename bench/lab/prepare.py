@@ -3,15 +3,17 @@
 `prepare_task(scale, task, data_seed, cache_dir)` draws the task family's train / held-out /
 dev problems (disjoint), trains the word-level tokenizer, and loads or trains
 
-- the teacher: a larger model, SFT on the reference solutions and on prefixes with one number
-  corrupted -> the correct rest (`tasks.corrupt_prefix`), then a *repair* phase: the start
-  student's own flawed rollouts (and corrupted references) -> the restart mark and the correct
-  solution (`tasks.restart`), so that it reaches the right answer from imperfect prefixes such
-  as a student's rollout at a fork (the check `teacher_recovery` measures it);
-- the start: a smaller student SFT on the reference solutions at a constant learning rate until
-  its greedy accuracy on the dev split reaches `scale.start_target` (a mid-level student: the
-  regime where distillation signals are informative; the dev split, never the held-out one,
-  picks the stopping step).
+- the start (first): a smaller student SFT on the reference solutions at a constant learning
+  rate until its greedy accuracy on the dev split reaches `scale.start_target` (a mid-level
+  student: the regime where distillation signals are informative; the dev split, never the
+  held-out one, picks the stopping step);
+- the teacher: a larger model trained from scratch on the reference solutions, on prefixes of
+  them -> their rest, and on *repairs* (`teacher_data`): the start's own temperature-1
+  rollouts on the training problems, cut at random, continue with the reference's rest where
+  the cut is still right and restart (`tasks.restart`: the mark `?`, then the correct
+  solution) where its numbers are already wrong, as are references with one number corrupted.
+  So it reaches the right answer from the imperfect prefixes a student writes, as an API
+  teacher continuing a student's fork must (the check `teacher_recovery` measures it).
 
 Both are cached under `cache_dir`, keyed by everything they depend on, so only a cold run
 trains them. Each arm x seed starts from a copy of the same start; seeds vary the arms'
@@ -125,41 +127,51 @@ def _cached_model(path: Path, retrain: bool, what: str, train: Callable[[], tupl
     return model, {**meta, "cached": False}
 
 
-def teacher_data(train: list, repair_share: float, seed: int, repair: bool = False) -> list[tuple[str, ...]]:
-    """The teacher's SFT data: every reference solution, plus triples for a `repair_share`
-    fraction of the problems (question, corrupted prefix, continuation: the correct rest, or
-    with `repair` the restart mark and the correct solution, `tasks.corrupt_prefix`)."""
-    rng = random.Random(seed)
-    data: list[tuple[str, ...]] = [(p.question, p.solution) for p in train]
-    for p in train:
-        if rng.random() < repair_share:
-            c = tasks.corrupt_prefix(p.solution, rng, repair=repair)
-            if c is not None:
-                data.append((p.question, c[0], c[1]))
-    return data
-
-
-def student_repairs(start, tok, problems: list, max_new_tokens: int, batch_size: int, seed: int) -> list[tuple[str, str, str]]:
-    """Repair examples from the start student's own temperature-1 rollouts on training problems:
-    (question, the student's text cut somewhere after its first deviation from the reference,
-    `tasks.restart(reference)`). The teacher learns to notice a flawed prefix of the kind the
-    student really writes and to repair it, as an API teacher continuing a student would."""
-    rng = random.Random(seed)
-    g = measure.generate(start, tok, [p.question for p in problems], max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, temperature=1.0, seed=seed)
+def _cut_examples(problem, text: str, rng: random.Random, cuts: int) -> list[tuple[str, str, str, bool]]:
+    """`cuts` (question, prefix, continuation, is_restart) examples from one student rollout,
+    each cut at a random word up to and including `####`. A prefix equal to the reference's
+    start, or differing from it only in words that are not numbers (a copied name or item),
+    continues with the reference's rest; a prefix whose numbers already differ (or whose shape
+    differs) gets `tasks.restart(reference)`: such a prefix cannot be continued consistently to
+    the right answer (`... 24 - 2 =` when the answer needs 36 - 2), only noticed and redone."""
+    ws, ref = text.split(" "), problem.solution.split(" ")
+    end = ws.index("####") + 1 if "####" in ws else len(ws)
     out = []
-    for p, text in zip(problems, g.texts):
-        ws, ref = text.split(" "), p.solution.split(" ")
-        end = ws.index("####") if "####" in ws else len(ws)
-        diff = [i for i in range(min(end, len(ref))) if ws[i] != ref[i]]
-        if not diff and end <= len(ref) and ws[:end] == ref[:end]:
-            continue
-        first = diff[0] if diff else min(end, len(ref))
-        if first >= end:
-            continue
-        cut = rng.randint(first + 1, end)
-        out.append((p.question, " ".join(ws[:cut]), tasks.restart(p.solution)))
+    for _ in range(cuts if end >= 1 else 0):
+        cut = rng.randint(1, end)
+        pre, r = ws[:cut], ref[:cut]
+        flawed = len(pre) != len(r) or any(a != b and (tasks.is_number(a) or tasks.is_number(b)) for a, b in zip(pre, r))
+        rest = tasks.restart(problem.solution) if flawed else " ".join(ref[cut:])
+        out.append((problem.question, " ".join(pre), rest, flawed))
     return out
+
+
+def teacher_data(train: list, rollouts: list[str], restart_share: float, seed: int) -> tuple[list[tuple[str, ...]], dict]:
+    """The teacher's SFT data and its counts. Continuations (no restart): every reference
+    solution twice, a random clean prefix of each -> its rest, and the start student's own
+    temperature-1 `rollouts` (one per training problem) cut twice at random, where the cut is
+    clean or only a word is off (`_cut_examples`). Restarts: the rollouts' cuts whose numbers
+    are off, and references with one number corrupted (`tasks.corrupt_prefix`), sampled to make
+    `restart_share` of the data. The teacher so learns to go on from a good prefix and to notice
+    and redo a flawed one, which is what an API teacher continuing a student's fork must do; the
+    share is a trade-off (more restarts: better repairs, more spurious restarts in its own
+    solutions; the `teacher_accuracy` check reports both)."""
+    rng = random.Random(seed)
+    keep: list[tuple[str, ...]] = [(p.question, p.solution) for p in train] * 2
+    restarts: list[tuple[str, ...]] = []
+    for p in train:
+        ws = p.solution.split(" ")
+        k = rng.randint(1, len(ws) - 1)
+        keep.append((p.question, " ".join(ws[:k]), " ".join(ws[k:])))
+        c = tasks.corrupt_prefix(p.solution, rng, repair=True)
+        if c is not None:
+            restarts.append((p.question, *c))
+    for p, text in zip(train, rollouts):
+        for q, pre, rest, flawed in _cut_examples(p, text, rng, cuts=2):
+            (restarts if flawed else keep).append((q, pre, rest))
+    n = min(len(restarts), int(restart_share * len(keep) / (1 - restart_share))) if restart_share < 1 else len(restarts)
+    picked = rng.sample(restarts, n)
+    return keep + picked, {"continue_examples": len(keep), "restart_examples": n, "restart_pool": len(restarts)}
 
 
 def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Path,
@@ -174,26 +186,10 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
     tok = labtok.train_tokenizer(tasks.corpus(train))
     info: dict[str, Any] = {}
 
-    tkey = _key({"task": task, "size": dataclasses.asdict(scale.teacher), "steps": scale.teacher_steps,
-                 "lr": scale.teacher_lr, "repair": scale.teacher_repair, "n_train": scale.n_train, "seed": data_seed,
-                 "vocab": tok.get_vocab()})
-
-    def train_teacher():
-        data = teacher_data(train, scale.teacher_repair, data_seed)
-        teacher = nets.build_model(scale.teacher, tok, seed=0)
-        _log(f"{task}: training teacher ({nets.n_params(teacher):,} params, {scale.teacher_steps} steps, "
-             f"{len(data)} examples incl. {len(data) - len(train)} repair)")
-        t0 = time.perf_counter()
-        losses = nets.sft(teacher, tok, data, steps=scale.teacher_steps, batch_size=scale.batch_size,
-                          lr=scale.teacher_lr, seed=0)
-        return teacher, {"train_s": time.perf_counter() - t0, "final_loss": losses[-1],
-                         "params": nets.n_params(teacher), "steps": scale.teacher_steps}
-
-    teacher, info["teacher"] = _cached_model(cache_dir / f"{task}-teacher-{tkey}", retrain, f"{task}: teacher",
-                                             train_teacher)
-
-    skey = _key({"tkey": tkey, "size": dataclasses.asdict(scale.student), "lr": scale.student_lr,
-                 "target": scale.start_target, "max": scale.student_max_steps, "n_dev": scale.n_dev})
+    # the start first: the teacher learns to repair the start's own rollouts
+    skey = _key({"task": task, "size": dataclasses.asdict(scale.student), "lr": scale.student_lr,
+                 "target": scale.start_target, "max": scale.student_max_steps, "n_dev": scale.n_dev,
+                 "n_train": scale.n_train, "seed": data_seed, "vocab": tok.get_vocab()})
 
     def train_start():
         start = nets.build_model(scale.student, tok, seed=1000)
@@ -219,31 +215,24 @@ def prepare_task(scale, task: str, data_seed: int, cache_dir: Path, workdir: Pat
     start, info["start"] = _cached_model(cache_dir / f"{task}-start-{skey}", retrain, f"{task}: start", train_start)
     start.eval()
 
-    if scale.teacher_repair_steps > 0:
-        rkey = _key({"tkey": tkey, "skey": skey, "steps": scale.teacher_repair_steps, "lr": scale.teacher_repair_lr,
-                     "n": scale.teacher_repair_rollouts, "repair": "restart+clean", "max_new": scale.max_new_tokens})
+    tkey = _key({"skey": skey, "size": dataclasses.asdict(scale.teacher), "steps": scale.teacher_steps,
+                 "lr": scale.teacher_lr, "restart_share": scale.teacher_restart_share, "data": "v2",
+                 "max_new": scale.max_new_tokens})
 
-        def repair_teacher():
-            t0 = time.perf_counter()
-            repairs = student_repairs(start, tok, train[: scale.teacher_repair_rollouts], scale.max_new_tokens,
-                                      scale.eval_batch, seed=data_seed)
-            # as many clean prefixes -> the reference's rest: the teacher restarts only after a mistake
-            rng = random.Random(data_seed + 2)
-            clean = []
-            for p in rng.sample(train, min(len(train), len(repairs))):
-                ws = p.solution.split(" ")
-                k = rng.randint(1, ws.index("####"))
-                clean.append((p.question, " ".join(ws[:k]), " ".join(ws[k:])))
-            data = teacher_data(train, scale.teacher_repair, data_seed + 1, repair=True) + repairs + clean
-            _log(f"{task}: repair phase ({scale.teacher_repair_steps} steps, {len(repairs)} student-prefix repairs "
-                 f"from {scale.teacher_repair_rollouts} start rollouts, {len(data)} examples)")
-            repaired = teacher.train()
-            nets.sft(repaired, tok, data, steps=scale.teacher_repair_steps, batch_size=scale.batch_size,
-                     lr=scale.teacher_repair_lr, seed=1)
-            return repaired, {"train_s": time.perf_counter() - t0, "steps": scale.teacher_repair_steps,
-                              "student_repairs": len(repairs), "examples": len(data)}
+    def train_teacher():
+        t0 = time.perf_counter()
+        g = measure.generate(start, tok, [p.question for p in train], max_new_tokens=scale.max_new_tokens,
+                             batch_size=scale.eval_batch, temperature=1.0, seed=data_seed)
+        data, counts = teacher_data(train, g.texts, scale.teacher_restart_share, data_seed)
+        teacher = nets.build_model(scale.teacher, tok, seed=0)
+        _log(f"{task}: training teacher ({nets.n_params(teacher):,} params, {scale.teacher_steps} steps, "
+             f"{len(data)} examples: {counts['restart_examples']} repairs)")
+        losses = nets.sft(teacher, tok, data, steps=scale.teacher_steps, batch_size=scale.batch_size,
+                          lr=scale.teacher_lr, seed=0)
+        return teacher, {"train_s": time.perf_counter() - t0, "final_loss": losses[-1],
+                         "params": nets.n_params(teacher), "steps": scale.teacher_steps, **counts}
 
-        teacher, info["teacher_repair"] = _cached_model(cache_dir / f"{task}-teacher-repaired-{rkey}", retrain,
-                                                        f"{task}: repaired teacher", repair_teacher)
+    teacher, info["teacher"] = _cached_model(cache_dir / f"{task}-teacher-{tkey}", retrain, f"{task}: teacher",
+                                             train_teacher)
     teacher.eval()
     return TaskContext(scale, task, tok, teacher, start, train, test, dev, train_jsonl, workdir, info)

@@ -6,7 +6,7 @@
 
 Per task family (`arith`, `lists`; `bench.lab.tasks`): draw train / held-out / dev problems
 (disjoint, `--data-seed`), train a word-level tokenizer, train (or load from the cache) a teacher
-that also repairs corrupted prefixes and a mid-level start student (`bench.lab.prepare`), then
+that also repairs the start's flawed prefixes and a mid-level start student (`bench.lab.prepare`), then
 
 1. the instrument checks (`bench.lab.checks`): teacher accuracy, teacher recovery from the
    student's forks, the start's accuracy; the lab stops if one fails;
@@ -45,10 +45,7 @@ class Scale:
     teacher: NetSize
     teacher_steps: int
     teacher_lr: float
-    teacher_repair: float  # share of training problems that also get a repair example
-    teacher_repair_steps: int  # then a repair phase on the start's own flawed prefixes (0: none)
-    teacher_repair_lr: float
-    teacher_repair_rollouts: int  # start rollouts (on training problems) mined for repair examples
+    teacher_restart_share: float  # share of the teacher's data that are repairs (prepare.teacher_data)
     student: NetSize
     student_lr: float
     student_max_steps: int
@@ -81,22 +78,20 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(n_train=200, n_test=16, n_dev=16, teacher=NetSize(32, 1, 2, 64), teacher_steps=10, teacher_lr=3e-3,
-                  teacher_repair=0.5, teacher_repair_steps=2, teacher_repair_lr=1e-3, teacher_repair_rollouts=16,
+                  teacher_restart_share=0.3,
                   student=NetSize(16, 1, 2, 32), student_lr=3e-3, student_max_steps=4,
                   start_target=1.0, start_eval_every=2, budget_tokens=600, milestones=(0.25, 0.5, 0.75, 1.0),
                   arm_lr=1e-3, arm_batch=8, sft_reuse=1, prompts_per_step=2, generations=2, teacher_samples=2,
                   chunk_tokens=6, chunks_per_completion=2, max_arm_steps=4, max_new_tokens=24, eval_batch=16, seeds=1,
                   batch_size=8, recovery_n=8, teacher_min=0.0, recovery_min=0.0, recovery_flawed_min=0.0,
                   start_band=(0.0, 1.0)),
-    "small": Scale(n_train=4000, n_test=400, n_dev=200, teacher=NetSize(96, 3, 4, 288), teacher_steps=2400,
-                   teacher_lr=3e-3, teacher_repair=0.5, teacher_repair_steps=0, teacher_repair_lr=1e-3,
-                   teacher_repair_rollouts=4000, student=NetSize(64, 2, 4, 192), student_lr=1e-3,
+    "small": Scale(n_train=4000, n_test=400, n_dev=200, teacher=NetSize(96, 3, 4, 288), teacher_steps=4800,
+                   teacher_lr=3e-3, teacher_restart_share=0.3, student=NetSize(64, 2, 4, 192), student_lr=1e-3,
                    student_max_steps=3000, start_target=0.37, start_eval_every=20, budget_tokens=50_000,
                    milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=1e-4, arm_batch=16, sft_reuse=2, prompts_per_step=4,
                    generations=4, teacher_samples=4, chunk_tokens=8, chunks_per_completion=2, max_arm_steps=5000),
     "large": Scale(n_train=40000, n_test=1000, n_dev=500, teacher=NetSize(256, 6, 8, 768), teacher_steps=8000,
-                   teacher_lr=1e-3, teacher_repair=0.5, teacher_repair_steps=2000, teacher_repair_lr=5e-4,
-                   teacher_repair_rollouts=20000, student=NetSize(128, 3, 4, 384), student_lr=1e-3,
+                   teacher_lr=1e-3, teacher_restart_share=0.3, student=NetSize(128, 3, 4, 384), student_lr=1e-3,
                    student_max_steps=10000, start_target=0.37, start_eval_every=50, budget_tokens=1_000_000,
                    milestones=(0.125, 0.25, 0.5, 1.0), arm_lr=3e-4, arm_batch=32, sft_reuse=2, prompts_per_step=8,
                    generations=8, teacher_samples=8, chunk_tokens=10, chunks_per_completion=3, max_arm_steps=20000,
@@ -105,9 +100,9 @@ SCALES: dict[str, Scale] = {
 
 TASKS = ("arith", "lists")
 CONTROL_ARMS = ("no-training", "sft", "opd")
-# the cold `--scale small` run (~30 min here): the controls, the paper's loss, the black-box
-# signal that measured best (RESULTS.md, run 4) and the noise floor
-DEFAULT_ARMS = ("no-training", "sft", "opd", "omniopd", "omniopd-dagger-n1", "noise-floor")
+# the cold `--scale small` run: the controls, omniopd train's default signal, the paper's loss
+# and the noise floor
+DEFAULT_ARMS = ("no-training", "sft", "opd", "omniopd", "omniopd-paper", "noise-floor")
 # per-arm learning rates from a `--lr-sweep` (dev accuracy at the full budget); none recorded
 # yet at small: every arm runs at Scale.arm_lr (RESULTS.md says why)
 TUNED_LR: dict[str, float] = {}
@@ -234,7 +229,7 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
         if on_update is not None:
             on_update(report)
 
-    base = {"scale": scale, "data_seed": data_seed, "cache_dir": str(cache_dir), "run_dir": str(run_dir), "retrain": retrain}
+    base = {"scale": scale, "data_seed": data_seed, "cache_dir": str(cache_dir), "run_dir": str(run_dir)}
 
     def lr_of(arm: str) -> float:
         if armmod.ARMS[arm].kind in ("none", "noise"):
@@ -259,7 +254,8 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
 
     def plan(task: str):
         """The task's phases; each `yield` is a list of jobs that must all finish first."""
-        yield [{**base, "kind": "prepare", "task": task, "label": f"prepare:{task}"}]
+        # only the prepare job retrains: the arm jobs load what it cached (in any worker)
+        yield [{**base, "kind": "prepare", "task": task, "label": f"prepare:{task}", "retrain": retrain}]
         cs = report["checks"].get(task, {})
         log_checks(task, list(cs))
         failed = [n for n, c in cs.items() if not c.get("passed")]

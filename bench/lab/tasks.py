@@ -230,6 +230,11 @@ def corpus(problems: list[Problem]) -> list[str]:
 _NUM = re.compile(r"^\d+$")
 
 
+def is_number(word: str) -> bool:
+    """A word of a solution that is a number (an operand, a result, a list item)."""
+    return bool(_NUM.match(word))
+
+
 RESTART = "?"  # the lab's "wait, that is wrong": a token both families' vocabularies already have
 
 
