@@ -222,6 +222,7 @@ class MethodConfig:
     pihat_baseline: str = knob("auto", "omniopd: chunk advantage; auto = loo (none with --paper-loss); pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
     fork_imitation: float | None = knob(None, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off); unset = 2 (0 with --paper-loss)", flag="--fork-imitation")
     student_drafts: int = knob(0, "omniopd: K alternative student chunks per fork, ranked by phi against the teacher samples, trained with group-relative advantages (0 = off)", flag="--student-drafts")
+    pihat_weight: float = knob(1.0, "omniopd: weight of the pi_hat chunk term (after its baseline); 1 = the paper's, 0 = fork imitation or drafts alone (pure black-box DAgger)", flag="--pihat-weight")
 
     def __post_init__(self) -> None:
         # unset signal knobs follow --paper-loss (the paper) or the default signal; explicit values win
@@ -250,6 +251,9 @@ class MethodConfig:
         _check_choice(self.pihat_baseline, "method.pihat_baseline", PIHAT_BASELINE_CHOICES)
         _check(self.fork_imitation >= 0, "method.fork_imitation", f"must be >= 0; got {self.fork_imitation}")
         _check(self.student_drafts >= 0, "method.student_drafts", f"must be >= 0; got {self.student_drafts}")
+        _check(self.pihat_weight >= 0, "method.pihat_weight", f"must be >= 0; got {self.pihat_weight}")
+        _check(self.pihat_weight > 0 or self.fork_imitation > 0 or self.student_drafts > 0, "method.pihat_weight",
+               "0 leaves OmniOPD nothing to learn from: set --fork-imitation or --student-drafts, or a weight > 0")
         # the black-box signals reshape OmniOPD's chunk signal; white-box methods ignore them (as they ignore --beta)
 
 

@@ -132,6 +132,11 @@ def test_knobs_are_validated():
         build_config(None, {"method.fork_imitation": -1})
     with pytest.raises(ConfigError, match="student_drafts"):
         build_config(None, {"method.student_drafts": -1})
+    with pytest.raises(ConfigError, match="pihat_weight"):
+        build_config(None, {"method.pihat_weight": -0.5})
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        build_config(None, {"method.pihat_weight": 0.0, "method.fork_imitation": 0.0})
+    assert build_config(None, {"method.pihat_weight": 0.0}).method.fork_imitation == 2.0
     # white-box methods ignore the black-box signals (as they ignore --beta): the defaults do not stop --method opd
     assert build_config(None, {"method.name": "opd"}).method.name == "opd"
 

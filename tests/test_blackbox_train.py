@@ -88,6 +88,24 @@ def test_fork_imitation_learns_the_teachers_continuations(tmp_path, monkeypatch,
     assert float(after[B:].sum()) > float(before[B:].sum()) + 1e-3  # the teacher's text got more likely
 
 
+def test_imitation_alone_trains_only_the_teachers_text(tmp_path, monkeypatch, audits):
+    """--pihat-weight 0: the student's chunks carry no advantage, the teacher's rows do, and
+    the update makes the teacher's continuations more likely (pure black-box DAgger)."""
+    result, batches, snaps, tok, rows, _ = _run(tmp_path, monkeypatch, "omniopd",
+                                                **{"method.pihat_weight": 0.0, "method.pihat_baseline": "loo",
+                                                   "method.fork_imitation": 1.0, **NO_ANCHOR})
+    assert result.steps == 2
+    _assert_each_step_descends(tok, batches, snaps)
+    B = 8
+    for audit, batch in zip(audits, batches):
+        assert audit.chunks and not batch["advantages"][:B].abs().any()
+        assert (batch["advantages"][B:] > 0).any()
+    batch = batches[0]
+    _, before = _row_logp(tok, snaps.before[1], batch)
+    _, after = _row_logp(tok, snaps.after[1], batch)
+    assert float(after[B:].sum()) > float(before[B:].sum()) + 1e-3
+
+
 def test_fork_imitation_runs_to_the_end_of_the_answer_with_a_larger_token_factor(tmp_path, monkeypatch, audits):
     over = {"method.fork_imitation": 1.0, "teacher.token_factor": 6.0, "student.max_new_tokens": 16, **NO_ANCHOR}
     result, batches, snaps, tok, rows, _ = _run(tmp_path, monkeypatch, "omniopd", **over)

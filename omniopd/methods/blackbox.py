@@ -3,7 +3,8 @@
 The pipeline's audit gives, per fork, the student's chunk, the teacher's N_eff samples and
 pi_hat. From those this module builds the batch the learner trains on:
 
-- `--pihat-baseline group|loo`: chunk advantages pi_hat - baseline (methods/baseline.py);
+- `--pihat-baseline group|loo`: chunk advantages pi_hat - baseline (methods/baseline.py), times
+  `--pihat-weight` (0: the chunk term is off and the teacher's text alone teaches);
 - `--student-drafts K`: K more student chunks per fork, group-relative advantages
   (methods/drafts.py), as appended rows, plus A_0 on the original chunk;
 - `--fork-imitation w`: the teacher's continuations as appended rows (methods/imitation.py).
@@ -31,7 +32,7 @@ from omniopd.rollouts import Rollouts, pad_rows_B_T
 
 def blackbox_enabled(cfg: MethodConfig) -> bool:
     """Is any of this module's signals on?"""
-    return cfg.pihat_baseline != "none" or cfg.fork_imitation > 0 or cfg.student_drafts > 0
+    return cfg.pihat_baseline != "none" or cfg.fork_imitation > 0 or cfg.student_drafts > 0 or cfg.pihat_weight != 1.0
 
 
 @dataclass
@@ -97,19 +98,20 @@ class BlackBoxSignals:
         return BlackBoxBatch(out, adv_all, mask_all, B, metrics)
 
     def _chunk_advantages_F(self, chunks, row_scale_B: torch.Tensor | None) -> torch.Tensor:
-        """pi_hat (x the verifier gate's row scale) minus the configured baseline; chunks without
-        teacher samples (N_eff = 0) keep pi_hat = pi_bar under `none` and get 0 under a baseline."""
+        """pi_hat (x the verifier gate's row scale) minus the configured baseline, x `pihat_weight`;
+        chunks without teacher samples (N_eff = 0) keep pi_hat = pi_bar under `none` and get 0
+        under a baseline."""
         w = torch.tensor([c.pihat for c in chunks], dtype=torch.float64)
         rows = torch.tensor([c.row for c in chunks], dtype=torch.long)
         if row_scale_B is not None and chunks:
             w = w * row_scale_B.double().cpu()[rows]
         if self.cfg.pihat_baseline == "none" or not chunks:
-            return w
+            return w * self.cfg.pihat_weight
         scored = torch.tensor([bool(c.phi) for c in chunks])
         out = torch.zeros_like(w)
         if scored.any():
             out[scored] = baselined_pihat_F(w[scored], rows[scored], self.group_size, self.cfg.pihat_baseline)
-        return out
+        return out * self.cfg.pihat_weight
 
 
 def _extend(into: ExtraRows, rows: ExtraRows) -> None:
