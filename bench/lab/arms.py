@@ -123,7 +123,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("omniopd-imitate-only", "pipeline", _BB,
         "pure black-box DAgger: imitation to the end (w=2), N=1, the pi_hat term off (--pihat-weight 0)",
         {**_PAPER, "method.pihat_weight": 0.0, "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
-         "teacher.samples": 1}),
+         "teacher.samples": 1, "scorer.similarity": "numbers"}),  # phi only logged here: the cheap one
     Arm("omniopd-n4-x4", "pipeline", _BB,
         "the default signal with N=4 teacher samples per fork and 4 updates per batch of rollouts",
         {"teacher.samples": 4, "learner.updates_per_batch": 4}),
