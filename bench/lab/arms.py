@@ -53,6 +53,9 @@ _BB, _WB = "black-box", "white-box"
 # the paper's signal (--paper-loss: no baseline, no imitation, phi=embedding, N from the scale): the base of
 # every OmniOPD ablation and signal arm, so their rows keep meaning what they measured before the default changed
 _PAPER = {"method.paper_loss": True}
+# black-box DAgger at N=1 pinned on --paper-loss (= omniopd train's default signal, spelled out)
+_DAGGER1 = {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
+            "scorer.similarity": "numbers", "teacher.samples": 1}
 
 # --- the table ------------------------------------------------------------------------------
 ARMS: dict[str, Arm] = {a.name: a for a in [
@@ -101,8 +104,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 1.0, "scorer.similarity": "numbers"}),
     Arm("omniopd-dagger-n1", "pipeline", _BB,
         "black-box DAgger: leave-one-out + imitation to the end (w=2) + phi = numbers, N=1 teacher sample per fork",
-        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
-         "scorer.similarity": "numbers", "teacher.samples": 1}),
+        _DAGGER1),
     Arm("omniopd-dagger-n2", "pipeline", _BB,
         "black-box DAgger: leave-one-out + imitation to the end (w=2) + phi = numbers, N=2 teacher samples per fork",
         {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
@@ -115,15 +117,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("omniopd-x2", "pipeline", _BB, "omniopd train's default signal (N at the lab's scale), 2 updates per batch of rollouts (PPO-clipped)",
         {"learner.updates_per_batch": 2}),
     Arm("omniopd-dagger-n1-x2", "pipeline", _BB, "black-box DAgger at N=1 (omniopd-dagger-n1), 2 updates per batch of rollouts",
-        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
-         "scorer.similarity": "numbers", "teacher.samples": 1, "learner.updates_per_batch": 2}),
+        {**_DAGGER1, "learner.updates_per_batch": 2}),
     Arm("omniopd-dagger-n1-beta0", "pipeline", _BB, "black-box DAgger at N=1 (omniopd-dagger-n1) without the KL anchor (beta=0)",
-        {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
-         "scorer.similarity": "numbers", "teacher.samples": 1, "learner.beta": 0.0}),
+        {**_DAGGER1, "learner.beta": 0.0}),
     Arm("omniopd-imitate-only", "pipeline", _BB,
         "pure black-box DAgger: imitation to the end (w=2), N=1, the pi_hat term off (--pihat-weight 0)",
-        {**_PAPER, "method.pihat_weight": 0.0, "method.fork_imitation": 2.0, "teacher.token_factor": 4.0,
-         "teacher.samples": 1, "scorer.similarity": "numbers"}),  # phi only logged here: the cheap one
+        {**_DAGGER1, "method.pihat_baseline": "none", "method.pihat_weight": 0.0}),
     Arm("omniopd-n4-x4", "pipeline", _BB,
         "the default signal with N=4 teacher samples per fork and 4 updates per batch of rollouts",
         {"teacher.samples": 4, "learner.updates_per_batch": 4}),
