@@ -20,11 +20,10 @@ lab stops when one fails, because a table built on a failed check would mean not
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from bench.lab import measure, tasks
+from bench.lab.report import mean_se
 
 
 def teacher_accuracy(ctx) -> dict:
@@ -84,11 +83,6 @@ def teacher_recovery(ctx, n: int | None = None, forks_per_completion: int = 2, s
 def before_arms(ctx) -> dict:
     return {"teacher_accuracy": teacher_accuracy(ctx), "teacher_recovery": teacher_recovery(ctx),
             "start_accuracy": start_accuracy(ctx)}
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    m = statistics.fmean(xs)
-    return m, (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan"))
 
 
 def positive_control(records: list[dict], task: str, budget: int, start_acc: float,

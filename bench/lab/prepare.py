@@ -137,7 +137,7 @@ def _cut_examples(problem, text: str, rng: random.Random, cuts: int) -> list[tup
     ws, ref = text.split(" "), problem.solution.split(" ")
     end = ws.index("####") + 1 if "####" in ws else len(ws)
     out = []
-    for _ in range(cuts if end >= 1 else 0):
+    for _ in range(cuts):  # end >= 1: a split text has at least one word
         cut = rng.randint(1, end)
         pre, r = ws[:cut], ref[:cut]
         flawed = len(pre) != len(r) or any(a != b and (tasks.is_number(a) or tasks.is_number(b)) for a, b in zip(pre, r))

@@ -105,13 +105,13 @@ class BlackBoxSignals:
         rows = torch.tensor([c.row for c in chunks], dtype=torch.long)
         if row_scale_B is not None and chunks:
             w = w * row_scale_B.double().cpu()[rows]
-        if self.cfg.pihat_baseline == "none" or not chunks:
-            return w * self.cfg.pihat_weight
-        scored = torch.tensor([bool(c.phi) for c in chunks])
-        out = torch.zeros_like(w)
-        if scored.any():
-            out[scored] = baselined_pihat_F(w[scored], rows[scored], self.group_size, self.cfg.pihat_baseline)
-        return out * self.cfg.pihat_weight
+        if self.cfg.pihat_baseline != "none" and chunks:
+            scored = torch.tensor([bool(c.phi) for c in chunks])
+            out = torch.zeros_like(w)
+            if scored.any():
+                out[scored] = baselined_pihat_F(w[scored], rows[scored], self.group_size, self.cfg.pihat_baseline)
+            w = out
+        return w * self.cfg.pihat_weight
 
 
 def _extend(into: ExtraRows, rows: ExtraRows) -> None:
