@@ -20,7 +20,6 @@ token, and the learner runs them with kl_beta = 0).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 
 from omniopd.config import MethodConfig
-from omniopd.errors import TeacherError
 from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods import opd, sg_opd, tropd
 from omniopd.methods.blackbox import BlackBoxSignals, blackbox_enabled
@@ -36,8 +34,7 @@ from omniopd.methods.rows import continue_prefixes, text_to_completion, with_row
 from omniopd.methods.verifier import VERIFIERS, Verifier, verdicts_B
 from omniopd.methods.verifier_gate import gated_advantages_B_T, verdict_scale_B
 from omniopd.rollouts import Rollouts
-from providers.base import TeacherRequest
-from providers.local import messages_from_chat
+from omniopd.solutions import buy_solutions
 from providers.whitebox import WhiteBoxTeacher
 
 log = logging.getLogger("omniopd")
@@ -276,19 +273,7 @@ class MethodSignals:
         """n teacher completions per prompt (text); a failed prompt yields an empty list."""
         if self.loop is None:
             self.loop = process_loop()
-
-        async def one(p):
-            req = TeacherRequest(messages=messages_from_chat(p), prefix="", n=n, max_tokens=self.max_new_tokens)
-            try:
-                return await self.teacher.sample(req)
-            except TeacherError as exc:  # one prompt's teacher failure costs its slots only
-                log.warning("teacher completion failed for a prompt: %s", exc)
-                return []
-
-        async def all_():
-            return await asyncio.gather(*(one(p) for p in prompts))
-
-        return self.loop.run(all_())
+        return self.loop.run(buy_solutions(self.teacher, prompts, n=n, max_tokens=self.max_new_tokens))
 
 
 def _signal_metrics(d_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> dict[str, float]:
