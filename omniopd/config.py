@@ -169,6 +169,7 @@ class LearnerConfig:
     num_epochs: float | None = knob(None, "passes over the prompts; when set it replaces --max-steps", flag="--num-epochs")
     gradient_accumulation_steps: int = knob(1, "micro-batches per optimizer step: each step's prompts_per_step * generations completions are split into this many (TRL's steps_per_generation)")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward to save memory (TRL/transformers gradient_checkpointing)")
+    max_tokens_per_microbatch: int | None = knob(None, "padded tokens per forward/backward micro-batch: a step's peak memory follows this, not the number of forks or appended rows; unset = 2048 on CPU, from the free memory on a GPU; 0 = the whole batch at once", flag="--max-tokens-per-microbatch")
     lr_scheduler: str = knob("constant", "learning-rate schedule (transformers' lr_scheduler_type)", choices=LR_SCHEDULERS)
     warmup_ratio: float = knob(0.0, "share of the run spent warming the learning rate up from 0, in [0, 1)")
     async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
@@ -177,6 +178,9 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_epochs is None or self.num_epochs > 0, "learner.num_epochs", f"must be > 0; got {self.num_epochs}")
+        _check(self.max_tokens_per_microbatch is None or self.max_tokens_per_microbatch == 0
+               or self.max_tokens_per_microbatch >= 16, "learner.max_tokens_per_microbatch",
+               f"must be 0 (no limit) or >= 16 tokens; got {self.max_tokens_per_microbatch}")
         _check(self.gradient_accumulation_steps >= 1, "learner.gradient_accumulation_steps", f"must be >= 1; got {self.gradient_accumulation_steps}")
         _check_choice(self.lr_scheduler, "learner.lr_scheduler", LR_SCHEDULERS)
         _check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", f"must be in [0, 1); got {self.warmup_ratio}")

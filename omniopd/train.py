@@ -212,6 +212,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         setup_teacher(parts, teacher, recorder)
         setup_pipeline(parts, phi, verifier)
         setup_trainer(parts, extra_callbacks or [], echo)
+        if is_main_process():  # what setup resolved (a replay's step count, the micro-batch budget)
+            parts.cfg.save_yaml(run_dir.path / "config.yaml")
         stopped = train(parts)
     finally:
         parts.close()
@@ -351,9 +353,10 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
                                        trim_slack=cfg.scorer.trim_slack)
         parts.pipeline.recorder = completion_log
+    args = grpo_args(cfg, parts.run_dir.path)
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
-        args=grpo_args(cfg, parts.run_dir.path),
+        args=args,
         train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
@@ -366,10 +369,50 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         method=parts.method,
         drift_gate=parts.drift_gate,
         async_steps=cfg.learner.async_steps,
+        microbatch_tokens=step_memory_budget(parts, args.gradient_checkpointing),
     )
     if completion_log is not None:
         completion_log.attach(parts.trainer)
     quiet_console(parts.trainer, echo)
+
+
+def step_memory_budget(parts: Parts, checkpointing: bool) -> int | None:
+    """The learner's micro-batch budget (`--max-tokens-per-microbatch`; None = one batch), checked
+    against the memory available before step 1: a step estimated past it is reported with the
+    knobs that shrink it (omniopd/memory.py), instead of an out-of-memory kill mid-step."""
+    import torch
+
+    from omniopd.memory import (activation_bytes_per_token, available_bytes, default_microbatch_tokens,
+                                estimate_step_bytes, too_big_message)
+    from omniopd.teachers import parse_spec
+
+    cfg, model = parts.cfg, parts.model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    total = sum(p.numel() for p in model.parameters())
+    trainable = total if cfg.student.lora_r == 0 else max(1, total // 100)  # LoRA: adapters ~1 % of the weights
+    reference = total if cfg.student.lora_r == 0 and cfg.method.name == "omniopd" and cfg.learner.beta > 0 else 0
+    # an in-process teacher of unknown size is counted as the student's (the packaged default is the same model)
+    teacher = total if cfg.cache.replay is None and parse_spec(cfg.teacher.spec).kind == "local" else 0
+    per_token = activation_bytes_per_token(model.config, checkpointing=checkpointing)
+    avail = available_bytes(device)
+    budget = cfg.learner.max_tokens_per_microbatch
+    if budget is None:
+        budget = default_microbatch_tokens(device, model_states_bytes=16 * trainable + 4 * (total - trainable),
+                                           act_bytes_per_token=per_token, free_bytes=avail)
+    if budget == 0:  # no limit: the estimate is for the largest batch the defaults can build
+        S = cfg.student
+        rows = cfg.learner.prompts_per_step * S.generations * (1 + cfg.scheduler.chunks_per_completion)
+        planned = rows * 2 * S.max_new_tokens // cfg.learner.gradient_accumulation_steps
+    else:
+        planned = budget
+    est = estimate_step_bytes(trainable_params=trainable, total_params=total, reference_params=reference,
+                              teacher_params=teacher, microbatch_tokens=planned, act_bytes_per_token=per_token)
+    parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_tokens_per_microbatch=budget))
+    log.info("learner step: micro-batches of %s tokens, estimated peak %.1f GiB (%s available)",
+             budget or "unlimited", est.total / 2**30, "?" if avail is None else f"{avail / 2**30:.1f} GiB")
+    if avail is not None and est.total > avail:
+        log.warning("%s", too_big_message(est, avail, planned))
+    return budget or None
 
 
 def train(parts: Parts) -> str | None:
