@@ -181,6 +181,8 @@ class OmniOPDTrainer(GRPOTrainer):
             t_sample = time.perf_counter()
             if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                 rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+            elif self.method is not None and not self.method.needs_rollouts:
+                rollouts = None  # a signal that trains on teacher text alone (--method sft): nothing to sample
             elif self.use_vllm:
                 rollouts = self._vllm_rollouts(unwrapped, prompts)
             else:
@@ -228,10 +230,11 @@ class OmniOPDTrainer(GRPOTrainer):
         agree = self._ranks_agree_on_budget
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
+            prompts = [x["prompt"] for x in inputs]
             if self.async_steps == 0:
-                scored = agree(lambda: self.method.score(rollouts, golds, step, student))
+                scored = agree(lambda: self.method.score(rollouts, golds, step, student, prompts=prompts))
                 return lambda: scored
-            finish = self.method.start(rollouts, golds, step, student)
+            finish = self.method.start(rollouts, golds, step, student, prompts=prompts)
             return lambda: agree(lambda: finish(step=self.state.global_step))
         if self.async_steps == 0:
             audit = agree(lambda: self.pipeline.audit(rollouts, step=step))
