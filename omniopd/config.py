@@ -114,12 +114,16 @@ class DataConfig:
     config: str | None = knob(None, "`datasets` config name for --data NAME (GSM8K: main)", flag="--data-config")
     limit: int | None = knob(None, "use only the first N prompts", flag="--data-limit")
     max_row_bytes: int = knob(1_000_000, "longest row accepted (JSONL line bytes; prompt characters otherwise); a longer one is an error naming its line", flag="--data-max-row-bytes")
+    eval_path: str | None = knob(None, "held-out problems for --eval-every (same formats and fields as --data; needs --answer-field)", flag="--eval-data")
+    eval_split: str = knob("test", "split of --eval-data when it is a `save_to_disk` directory or a `datasets` name", flag="--eval-split")
+    eval_limit: int = knob(200, "score at most the first N held-out problems at each evaluation", flag="--eval-limit")
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path", "must not be empty")
         _check(bool(self.prompt_field), "data.prompt_field", "must not be empty")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1; got {self.limit}")
         _check(self.max_row_bytes >= 1, "data.max_row_bytes", f"must be >= 1; got {self.max_row_bytes}")
+        _check(self.eval_limit >= 1, "data.eval_limit", f"must be >= 1; got {self.eval_limit}")
 
 
 @dataclass
@@ -281,12 +285,14 @@ class OutputConfig:
     logging_dir: str | None = knob(None, "tensorboard log directory (transformers' TENSORBOARD_LOGGING_DIR); unset = under the run directory")
     push_to_hub: bool = knob(False, "push checkpoints and the final model to the Hugging Face Hub (needs a hub and a token)")
     hub_model_id: str | None = knob(None, "repository for --push-to-hub (user/name); unset = the run directory's name")
+    eval_every: int = knob(0, "score the student on --eval-data before training, every N steps and at the last step; heldout.jsonl and the report plot accuracy against teacher dollars (0 = off)", flag="--eval-every")
     log_completions: bool = knob(False, "log each step's completion and fork tables (TRL's log_completions: completions/*.parquet, wandb, trackio; tensorboard text)", flag="--log-completions")
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "output.dir", "must not be empty")
         _check(self.hub_model_id is None or self.push_to_hub, "output.hub_model_id", "only applies with --push-to-hub")
         _check(self.save_steps >= 0, "output.save_steps", f"must be >= 0; got {self.save_steps}")
+        _check(self.eval_every >= 0, "output.eval_every", f"must be >= 0; got {self.eval_every}")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "output.save_total_limit", f"must be >= 1; got {self.save_total_limit}")
 
 
@@ -321,6 +327,8 @@ class TrainConfig:
     trl: dict[str, Any] = field(default_factory=dict)  # extra trl.GRPOConfig fields (see `check_trl_section`)
 
     def __post_init__(self) -> None:
+        _check(not self.output.eval_every or (self.data.eval_path and self.data.answer_field), "output.eval_every",
+               "--eval-every needs held-out problems with answers: set --eval-data FILE and --answer-field")
         # "auto" knobs take their value from the signal (README, Methods: defaults follow the lab's measurement)
         if self.scorer.similarity == "auto":
             self.scorer = dataclasses.replace(self.scorer, similarity="embedding" if self.method.paper_loss else "numbers")

@@ -148,6 +148,21 @@ def _evals(run: RunData, ax) -> bool:
     return True
 
 
+def _heldout(run: RunData, ax) -> bool:
+    rows = run.heldout()
+    if not rows:
+        return False
+    usd = [float(r["teacher_usd"]) for r in rows]
+    acc = [float(r["greedy_accuracy"]) for r in rows]
+    ax.plot(usd, acc, marker="o")
+    for r, x, y in zip(rows, usd, acc):
+        ax.annotate(f"step {r['step']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("teacher spend so far (USD)")
+    ax.set_ylabel(f"held-out greedy accuracy (n={rows[-1].get('n', '?')})")
+    ax.set_ylim(0, 1)
+    return True
+
+
 def _line_plot(specs: list[tuple[str, tuple[str, ...]]], ylabel: str, ylim01: bool = False) -> Callable[[RunData, Any], bool]:
     def draw(run: RunData, ax) -> bool:
         ok = _lines(ax, run.metrics, specs)
@@ -178,6 +193,9 @@ FIGURES: list[tuple[str, str, str, Callable[[RunData, Any], bool], str]] = [
      "nothing); line: the running total.", _spend, "teacher_cost_usd, teacher_cost_usd_total"),
     ("cache", "Sample-cache hit rate", "Share of the step's requested teacher samples served from the cache "
      "(1.0 throughout a replay).", _line_plot([("hit rate", ("cache_hit_rate",))], "share", ylim01=True), "cache_hit_rate"),
+    ("heldout", "What the teacher dollars bought", "Held-out greedy accuracy (--eval-every, --eval-data) against the "
+     "run's teacher spend at that step; the first point is the student before training.", _heldout,
+     "heldout.jsonl (train with --eval-every N --eval-data FILE)"),
     ("eval", "Evaluation accuracy", "From the eval*.json files in the run directory (omniopd eval --output).",
      _evals, "an eval.json in the run directory"),
 ]

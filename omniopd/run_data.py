@@ -399,6 +399,12 @@ class RunData:
             g["exact_share"] = g.pop("exact") / g["samples"] if g["samples"] else 0.0
         return rows
 
+    def heldout(self) -> list[dict[str, Any]]:
+        """`heldout.jsonl`: held-out accuracy during training against teacher spend (`--eval-every`)."""
+        from omniopd.heldout import read_heldout
+
+        return read_heldout(self.run_dir) if self.run_dir is not None else []
+
     def evals(self) -> list[tuple[str, dict[str, Any]]]:
         """`eval*.json` files in the run directory (written by `omniopd eval --output`)."""
         out = []

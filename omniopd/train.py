@@ -173,6 +173,7 @@ class Parts:
     metrics: Any = None  # omniopd.run_log.MetricsLogger
     trainer: Any = None
     loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
+    eval_rows: list[dict[str, Any]] | None = None  # --eval-data, for --eval-every
 
     @property
     def teacher_side(self) -> Any:
@@ -239,6 +240,12 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     # the first rows first: a malformed JSONL file fails before `datasets` (and torch) is imported
     for _ in iter_prompts(*args[:4], min(d.limit or 64, 64), args[5], config=d.config, max_row_bytes=d.max_row_bytes):
         pass
+    eval_rows = None
+    if d.eval_path and cfg.output.eval_every:  # the held-out set fails fast too
+        from omniopd.data import load_prompts
+
+        eval_rows = load_prompts(d.eval_path, d.prompt_field, d.answer_field, d.eval_split, d.eval_limit,
+                                 cfg.student.system_prompt, config=d.config, max_row_bytes=d.max_row_bytes)
     tmp = tempfile.TemporaryDirectory(prefix="omniopd-data-")
     try:
         with _datasets_quiet():
@@ -246,7 +253,7 @@ def setup_data(cfg: TrainConfig, run_dir: RunDir) -> Parts:
     except BaseException:
         tmp.cleanup()
         raise
-    return Parts(cfg, run_dir, rows, data_dir=tmp)
+    return Parts(cfg, run_dir, rows, data_dir=tmp, eval_rows=eval_rows)
 
 
 @contextlib.contextmanager
@@ -366,6 +373,13 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
                                        trim_slack=cfg.scorer.trim_slack)
         parts.pipeline.recorder = completion_log
+    if parts.eval_rows:
+        from omniopd.heldout import HELDOUT_FILE, HeldOutEval
+
+        extra_callbacks = [*extra_callbacks, HeldOutEval(
+            parts.run_dir.path / HELDOUT_FILE, parts.eval_rows, parts.tokenizer, every=cfg.output.eval_every,
+            max_new_tokens=cfg.student.max_new_tokens, ledger=parts.ledger, teacher_side=side,
+            data_name=str(cfg.data.eval_path))]
     args = grpo_args(cfg, parts.run_dir.path)
     parts.trainer = OmniOPDTrainer(
         model=parts.model,

@@ -98,3 +98,32 @@ def test_sft_replays_offline_from_the_recorded_solutions(tmp_path, tiny_tok, mon
 def test_sft_refuses_what_does_not_apply(tmp_path):
     with pytest.raises(Exception, match="apply to --method sft"):
         build_config(None, {"method.sft_negatives": 0.5})
+
+
+def test_eval_every_writes_accuracy_against_dollars_and_the_report_plots_it(tmp_path, tiny_tok):
+    from omniopd.report import build_report
+    from omniopd.run_data import RunData
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": q, "answer": "#### 12"}) for q in ["Add 7 and 5.", "Tom has 3."]))
+    held = tmp_path / "held.jsonl"
+    held.write_text("\n".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"})
+                              for i in range(5)))
+    cfg = build_config(None, {"method.name": "sft", "data.path": str(data), "data.answer_field": "answer",
+                              "data.eval_path": str(held), "data.eval_limit": 3, "output.eval_every": 2,
+                              "student.max_new_tokens": 6, "learner.max_steps": 3, "output.dir": str(tmp_path / "run"),
+                              "output.save_steps": 0, "cache.mode": "off"})
+    teacher = LocalTeacher(tiny_llama(tiny_tok, seed=1), tiny_tok, spec="local:tiny-teacher")
+    run_train(cfg, model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, teacher=teacher, echo=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "heldout.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]  # before training, every 2 steps, the last step
+    assert all(r["n"] == 3 and 0.0 <= r["greedy_accuracy"] <= 1.0 for r in rows)
+    assert [r["teacher_samples"] for r in rows] == [0, 4, 6]  # what had been bought at each point
+    run = RunData.open(tmp_path / "run")
+    try:
+        report = build_report(run, tmp_path / "report")
+    finally:
+        run.close()
+    assert any(p.name == "heldout.png" for p in report.plots)
+    with pytest.raises(Exception, match="--eval-every needs held-out problems"):
+        build_config(None, {"output.eval_every": 2})
