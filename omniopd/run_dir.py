@@ -23,7 +23,10 @@ from omniopd.errors import ConfigError
 
 
 def newest_checkpoint(output_dir: Path) -> Path | None:
-    cps = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint. transformers writes `trainer_state.json` last, so a checkpoint
+    without it was cut off mid-save (the process killed, e.g. for memory) and the one before it is used."""
+    cps = [p for p in output_dir.glob("checkpoint-*")
+           if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None
 
 

@@ -54,34 +54,43 @@ def position_ids_B_L(attention_mask_B_L: torch.Tensor) -> torch.Tensor:
 class LocalWhiteBox:
     """Log-probabilities from an in-process causal LM that shares the student's tokenizer."""
 
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 4, on_scored=None):
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, max_rows: int = 4, on_scored=None,
+                 max_logit_tokens: int = 2048):
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.max_rows = max_rows
+        # rows per forward are also capped so that rows x completion width <= max_logit_tokens: the
+        # (rows, T, V) fp32 logits of one forward then stay near max_logit_tokens x V x 4 bytes
+        # (400 MB at SmolLM2's 49,152 tokens), however many rows a signal appended
+        self.max_logit_tokens = max_logit_tokens
         self.on_scored = on_scored  # called with the number of completion tokens scored (usage accounting)
 
     @torch.no_grad()
     def token_logprobs(self, prompt_ids_B_Tp, prompt_mask_B_Tp, completion_ids_B_T, completion_mask_B_T, top_k: int = 0) -> TokenLogprobs:
         device = next(self.model.parameters()).device
         T = completion_ids_B_T.size(1)
+        rows = max(1, min(self.max_rows, self.max_logit_tokens // max(1, T)))
         logps, tk_lp, tk_id = [], [], []
-        for s in range(0, completion_ids_B_T.size(0), self.max_rows):
-            sl = slice(s, s + self.max_rows)
+        for s in range(0, completion_ids_B_T.size(0), rows):
+            sl = slice(s, s + rows)
             ids = torch.cat([prompt_ids_B_Tp[sl], completion_ids_B_T[sl]], dim=1).to(device)
             mask = torch.cat([prompt_mask_B_Tp[sl], completion_mask_B_T[sl]], dim=1).to(device)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_B_L(mask)).logits
-            # logits at position i predict token i + 1: the completion's tokens are predicted by
-            # the T positions ending one before the last
-            logits = logits[:, -T - 1:-1].float() / self.temperature
-            logp_V = torch.log_softmax(logits, dim=-1)
+            # logits at position i predict token i + 1: the completion's tokens are predicted by the
+            # T positions ending one before the last; only those T + 1 positions are projected
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_B_L(mask),
+                                logits_to_keep=T + 1).logits[:, :-1].float()
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
+            lse = torch.logsumexp(logits, dim=-1)  # log_softmax without a second (rows, T, V) tensor
             comp = completion_ids_B_T[sl].to(device)
             valid = completion_mask_B_T[sl].to(device).bool()
-            logps.append(logp_V.gather(-1, comp.unsqueeze(-1)).squeeze(-1).masked_fill(~valid, 0.0))
+            logps.append((logits.gather(-1, comp.unsqueeze(-1)).squeeze(-1) - lse).masked_fill(~valid, 0.0))
             if top_k > 0:
-                v, i = logp_V.topk(min(top_k, logp_V.size(-1)), dim=-1)
-                tk_lp.append(v.masked_fill(~valid.unsqueeze(-1), 0.0))
+                v, i = logits.topk(min(top_k, logits.size(-1)), dim=-1)
+                tk_lp.append((v - lse.unsqueeze(-1)).masked_fill(~valid.unsqueeze(-1), 0.0))
                 tk_id.append(i.masked_fill(~valid.unsqueeze(-1), 0))
+            del logits
         if self.on_scored is not None:
             self.on_scored(int(completion_mask_B_T.sum()))
         out_device = completion_ids_B_T.device

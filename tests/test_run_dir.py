@@ -12,6 +12,7 @@ def _run(tmp_path, steps=(), final=False, logged=0):
     (out / "metrics.jsonl").write_text("".join(f'{{"step": {i}}}\n' for i in range(1, logged + 1)))
     for s in steps:
         (out / f"checkpoint-{s}").mkdir()
+        (out / f"checkpoint-{s}" / "trainer_state.json").write_text("{}")  # transformers writes it last
     if final:
         (out / "final").mkdir()
         (out / "final" / "config.json").write_text("{}")
@@ -45,3 +46,13 @@ def test_a_final_only_run_is_finished_but_cannot_be_extended(tmp_path):
     assert RunDir.open(out, resume=True, max_steps=3).finished
     with pytest.raises(ConfigError, match=r"saved final/ only.*--student"):
         RunDir.open(out, resume=True, max_steps=4)
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped(tmp_path):
+    """A process killed while saving (e.g. for memory) leaves a checkpoint without trainer_state.json:
+    --resume continues from the last complete one."""
+    out = _run(tmp_path, steps=(1, 2), logged=3)
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "model.safetensors").write_text("partial")
+    rd = RunDir.open(out, resume=True, max_steps=5)
+    assert rd.resume_from == out / "checkpoint-2" and rd.done_steps == 2
