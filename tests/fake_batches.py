@@ -42,6 +42,7 @@ class FakeBatch:
     state: str = "in_progress"  # in_progress, canceling, ended
     fate: str = "completed"  # completed, expired, cancelled
     created: float = field(default_factory=time.time)
+    fates: dict[str, str] = field(default_factory=dict)  # each item's outcome, decided once
 
 
 def _iso(t: float) -> str:
@@ -149,7 +150,10 @@ class FakeBatchServer:
             return "canceled"
         if b.fate == "expired":
             return "expired"
-        return self.outcome(b.provider, cid)
+        with self.lock:
+            if cid not in b.fates:
+                b.fates[cid] = self.outcome(b.provider, cid)
+            return b.fates[cid]
 
 
 def _text_of(content: Any) -> str:

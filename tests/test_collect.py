@@ -1,0 +1,197 @@
+"""`omniopd collect --what solutions`: batch and live purchases land in the sample cache under the
+keys a live `CachedTeacher.sample(solution_request(...))` reads, under the spend cap, resumably."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cache.batch_jobs import JOURNAL_FILE, BatchJournal
+from cache.store import SampleStore
+from cache.teacher import CachedTeacher, request_key
+from omniopd.collect import run_collect
+from omniopd.config import CollectConfig, build_config
+from omniopd.errors import TeacherAuthError
+from omniopd.ledger import LEDGER_FILE, SpendLedger
+from omniopd.solutions import solution_request
+from omniopd.teachers import build_api_teacher
+from tests.fake_batches import FakeBatchServer
+from tests.fake_providers import FakeProviderServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = {"anthropic": "anthropic:claude-haiku-4-5", "openai": "openai:gpt-4o-mini", "gemini": "gemini:gemini-2.5-flash"}
+QUESTIONS = [f"What is {i} + {i + 2}?" for i in range(6)]
+MAX_TOKENS = 16
+
+
+async def _fast(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    p.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    return p
+
+
+def configs(tmp_path: Path, data: Path, spec: str, cap: float | None = None, **collect):
+    cfg = build_config(None, {"teacher.spec": spec, "data.path": str(data), "cache.path": str(tmp_path / "cache.sqlite"),
+                              "student.max_new_tokens": MAX_TOKENS, "teacher.max_usd": cap, "teacher.max_attempts": 2})
+    return cfg, CollectConfig(dir=str(tmp_path / "collect"), poll_s=0.01, **collect)
+
+
+def pools(tmp_path: Path, cfg, env) -> dict[bytes, int]:
+    identity = build_api_teacher(cfg.teacher, env=env).identity()
+    keys = [request_key(identity, solution_request([{"role": "user", "content": q}], n=1, max_tokens=MAX_TOKENS))
+            for q in QUESTIONS]
+    with SampleStore(tmp_path / "cache.sqlite", "read-only") as s:
+        found = s.pools(keys)
+        return {k: len(found[k]) if k in found else 0 for k in keys}
+
+
+@pytest.mark.parametrize("provider", list(SPECS))
+def test_batch_collect_fills_the_cache_a_live_sample_reads(tmp_path, data, provider):
+    with FakeBatchServer(end_after_polls=2) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True, solutions=2)
+        lines: list[str] = []
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lines.append)
+        assert srv.created(provider) == 1 and summary.finished and summary.missing == 0
+        assert set(pools(tmp_path, cfg, srv.env()).values()) == {2}
+        assert any("submitted" in ln for ln in lines) and any("ended" in ln for ln in lines)
+        assert summary.paid_usd > 0 and summary.paid_usd == pytest.approx(summary.live_usd / 2)
+
+        # the path training takes: CachedTeacher over the live teacher, asking for solution_request(...)
+        before = len(srv.log)
+        teacher = CachedTeacher(build_api_teacher(cfg.teacher, env=srv.env()), tmp_path / "cache.sqlite")
+
+        async def live():
+            out = [await teacher.sample(solution_request([{"role": "user", "content": q}], n=2, max_tokens=MAX_TOKENS))
+                   for q in QUESTIONS]
+            await teacher.aclose()
+            return out
+
+        got = asyncio.run(live())
+        assert len(srv.log) == before, "a collected solution was requested again"
+        assert all(len(g) == 2 and all(s.cached and s.text for s in g) for g in got)
+
+        # a rerun buys nothing and submits nothing
+        again = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lines.append)
+        assert srv.created() == 1 and again.wanted == 0
+
+
+def test_live_collect_buys_only_the_shortfall(tmp_path, data):
+    with FakeProviderServer() as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["openai"], solutions=3)
+        summary = run_collect(cfg, ccfg, env=srv.env(), echo=lambda _: None)
+        assert summary.missing == 0 and set(pools(tmp_path, cfg, srv.env()).values()) == {3}
+        n = len(srv.log)
+        assert n == len(QUESTIONS)  # n=3 in one request per prompt
+        ccfg4 = CollectConfig(dir=ccfg.dir, solutions=4)
+        run_collect(cfg, ccfg4, env=srv.env(), echo=lambda _: None)
+        assert set(pools(tmp_path, cfg, srv.env()).values()) == {4}
+        assert all(r.body.get("n", 1) == 1 for r in srv.log[n:])
+        with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+            assert ledger.samples == 4 * len(QUESTIONS) and ledger.spent > 0
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_cap_below_full_cost_stops_at_or_under_it(tmp_path, data, provider):
+    with FakeBatchServer() as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True, solutions=2)
+        dry = run_collect(cfg, CollectConfig(dir=ccfg.dir, batch=True, solutions=2, dry_run=True), env=srv.env())
+        full_worst = float(dry.table().split("worst case batched:")[1].split("$")[1].split()[0])
+        assert srv.created() == 0 and "estimated cost live" in dry.table()
+        cap = full_worst * 0.45
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], cap=cap, batch=True, solutions=2)
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        assert summary.refused and "would pass --max-teacher-usd" in summary.refused and "by $" in summary.refused
+        with SpendLedger(Path(ccfg.dir) / LEDGER_FILE, cap) as ledger:
+            assert 0 < ledger.spent <= cap and ledger.in_flight == pytest.approx(0, abs=1e-12)
+        stored = sum(pools(tmp_path, cfg, srv.env()).values())
+        assert 0 < stored < 2 * len(QUESTIONS)
+
+
+def test_errored_items_are_bought_again_in_a_new_batch(tmp_path, data):
+    failed_once: set[str] = set()
+
+    def outcome(provider: str, cid: str) -> str:
+        if len(failed_once) < 2 and cid not in failed_once and cid in ("i1", "i4"):
+            failed_once.add(cid)
+            return "error"
+        return "ok"
+
+    with FakeBatchServer(outcome=outcome) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["openai"], batch=True, solutions=2)
+        lines: list[str] = []
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lines.append)
+    assert srv.created() == 2 and summary.missing == 0
+    assert any("errored" in ln and "request" in ln for ln in lines)
+    assert set(pools(tmp_path, cfg, srv.env()).values()) == {2}
+    assert sorted(r.failed for r in summary.rows) == [0, 2]
+
+
+def test_expired_batch_is_reported_with_its_cost_and_retried(tmp_path, data):
+    with FakeBatchServer(expire_batches=True) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["gemini"], batch=True, retries=1)
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+    assert srv.created() == 2 and summary.missing == len(QUESTIONS)
+    assert all(r.state == "JOB_STATE_EXPIRED" and r.paid_usd == 0 for r in summary.rows)
+    assert "JOB_STATE_EXPIRED" in summary.table()
+
+
+def test_a_missing_key_stops_before_anything_is_submitted(tmp_path, data):
+    with FakeBatchServer() as srv:
+        env = {k: v for k, v in srv.env().items() if k != "ANTHROPIC_API_KEY"}
+        cfg, ccfg = configs(tmp_path, data, SPECS["anthropic"], batch=True)
+        with pytest.raises(TeacherAuthError):
+            run_collect(cfg, ccfg, env=env)
+        assert srv.created() == 0
+
+
+def _collect_cmd(tmp_path: Path, data: Path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from omniopd.cli import main; sys.exit(main(sys.argv[1:]))", "collect",
+            "--teacher", SPECS["anthropic"], "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"),
+            "--max-new-tokens", str(MAX_TOKENS), "--batch", "--solutions", "2", "--batch-items", "5",
+            "--collect-dir", str(tmp_path / "collect"), "--poll-seconds", "0.05", "--max-teacher-usd", "1"]
+
+
+def test_kill_9_while_polling_then_rerun_pays_and_stores_each_batch_once(tmp_path, data):
+    with FakeBatchServer(hold=True) as srv:
+        env = {**os.environ, **srv.env(), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(_collect_cmd(tmp_path, data), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while not (srv.created() == 3 and len(srv.requests("GET", r"/v1/messages/batches/")) >= 6):
+                assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+                assert time.time() < deadline, "the collect process never polled"
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        with BatchJournal(tmp_path / "collect" / JOURNAL_FILE) as j:
+            assert [job.state for job in j.jobs()] == ["submitted"] * 3
+        srv.release()
+        done = subprocess.run(_collect_cmd(tmp_path, data), env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert srv.created() == 3  # each batch created once: the rerun polled, never resubmitted
+        cfg, _ = configs(tmp_path, data, SPECS["anthropic"])
+        assert set(pools(tmp_path, cfg, srv.env()).values()) == {2}  # every item stored once
+        with SampleStore(tmp_path / "cache.sqlite", "read-only") as s:
+            assert s.stats()["samples"] == 2 * len(QUESTIONS)
+        with BatchJournal(tmp_path / "collect" / JOURNAL_FILE) as j:
+            jobs = j.jobs()
+        with SpendLedger(tmp_path / "collect" / LEDGER_FILE, 1.0) as ledger:
+            assert ledger.in_flight == pytest.approx(0, abs=1e-12) and ledger.samples == 2 * len(QUESTIONS)
+            assert ledger.spent == pytest.approx(sum(job.paid_usd for job in jobs))  # each batch charged once
+            rows = ledger.conn.execute("SELECT state, count(*) FROM reservations GROUP BY state").fetchall()
+        assert dict(rows) == {"settled": 3}
+        assert "USD paid" in done.stdout and "sk-ant-test" not in done.stdout + done.stderr
