@@ -59,11 +59,13 @@ class FakeBatchServer:
     """See the module docstring. `with FakeBatchServer() as srv:`; `srv.env()` points every SDK here."""
 
     def __init__(self, *, end_after_polls: int = 1, hold: bool = False,
-                 outcome: Callable[[str, str], str] | None = None, expire_batches: bool = False) -> None:
+                 outcome: Callable[[str, str], str] | None = None, expire_batches: bool = False,
+                 responder: Callable[[str, Any, int], str | None] | None = None) -> None:
         self.end_after_polls = end_after_polls
         self.hold = hold
         self.outcome = outcome or (lambda provider, cid: "ok")
         self.expire_batches = expire_batches
+        self.responder = responder  # (provider, request body, index) -> answer text; None = seeded words
         self.batches: dict[str, FakeBatch] = {}
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str]] = []
@@ -143,6 +145,13 @@ class FakeBatchServer:
             if b is not None and b.state == "in_progress":
                 b.state = "canceling"
         return b
+
+    def answer(self, provider: str, cid: str, body: Any, i: int, max_tokens: int) -> tuple[str, int]:
+        """(text, output tokens) of one sample: the responder's text (tokens = words) or seeded words."""
+        text = self.responder(provider, body, i) if self.responder else None
+        if text is None:
+            return _answer(cid, body, i, max_tokens)
+        return text, max(1, len(text.split()))
 
     def item_fate(self, b: FakeBatch, cid: str) -> str:
         """ok, error, expired or canceled for one item of an ended batch."""
@@ -233,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         for cid, params in b.items:
             fate = self.fake.item_fate(b, cid)
             if fate == "ok":
-                text, n = _answer(cid, params, 0, int(params.get("max_tokens", 16)))
+                text, n = self.fake.answer("anthropic", cid, params, 0, int(params.get("max_tokens", 16)))
                 prompt = str(params.get("system", "")) + "".join(_text_of(m.get("content")) for m in params.get("messages", []))
                 msg = {"id": "msg_" + uuid.uuid4().hex[:12], "type": "message", "role": "assistant", "model": params["model"],
                        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
@@ -302,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "out" and fate == "ok":
                 n_choices, choices, out = int(body.get("n") or 1), [], 0
                 for i in range(n_choices):
-                    text, n = _answer(cid, body, i, int(body.get("max_completion_tokens") or 16))
+                    text, n = self.fake.answer("openai", cid, body, i, int(body.get("max_completion_tokens") or 16))
                     choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
                     out += n
                 prompt = "".join(m.get("content") or "" for m in body.get("messages", []))
@@ -340,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
                 mx = int(cfg.get("maxOutputTokens") or cfg.get("max_output_tokens") or 16)
                 cands, out = [], 0
                 for i in range(k):
-                    text, n = _answer(cid, req, i, mx)
+                    text, n = self.fake.answer("gemini", cid, req, i, mx)
                     cands.append({"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": i})
                     out += n
                 prompt = "".join(p.get("text", "") for c in req.get("contents", []) for p in c.get("parts", []))
