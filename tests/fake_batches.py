@@ -60,12 +60,13 @@ class FakeBatchServer:
 
     def __init__(self, *, end_after_polls: int = 1, hold: bool = False,
                  outcome: Callable[[str, str], str] | None = None, expire_batches: bool = False,
-                 responder: Callable[[str, Any, int], str | None] | None = None) -> None:
+                 responder: Callable[[str, Any, int], str | None] | None = None, live: Any = None) -> None:
         self.end_after_polls = end_after_polls
         self.hold = hold
         self.outcome = outcome or (lambda provider, cid: "ok")
         self.expire_batches = expire_batches
         self.responder = responder  # (provider, request body, index) -> answer text; None = seeded words
+        self.live = live  # a started tests.fake_providers.FakeProviderServer: live routes are forwarded to it
         self.batches: dict[str, FakeBatch] = {}
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str]] = []
@@ -200,7 +201,27 @@ class _Handler(BaseHTTPRequestHandler):
             m = re.fullmatch(pattern, path)
             if m:
                 return handler(self, raw, *m.groups())
+        if self.fake.live is not None:
+            return self._forward(method, raw)
         self._send(404, {"error": {"message": f"no route {method} {path}"}})
+
+    def _forward(self, method: str, raw: bytes) -> None:
+        """A live API request (messages, chat, generateContent): answered by the live fake server."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.fake.live.port, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        conn.request(method, self.path, body=raw, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")

@@ -195,3 +195,15 @@ def test_kill_9_while_polling_then_rerun_pays_and_stores_each_batch_once(tmp_pat
             rows = ledger.conn.execute("SELECT state, count(*) FROM reservations GROUP BY state").fetchall()
         assert dict(rows) == {"settled": 3}
         assert "USD paid" in done.stdout and "sk-ant-test" not in done.stdout + done.stderr
+
+
+def test_live_fallback_buys_errored_items_live(tmp_path, data):
+    with FakeProviderServer() as live, FakeBatchServer(live=live, outcome=lambda p, cid: "error" if cid == "i2" else "ok") as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["anthropic"], batch=True, live_fallback=True)
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        assert srv.created() == 1 and len(live.log) == 1  # one errored item, bought live
+        assert summary.missing == 0 and set(pools(tmp_path, cfg, srv.env()).values()) == {1}
+        assert [r.name for r in summary.rows][-1] == "live" and summary.rows[-1].stored == 1
+        with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+            assert ledger.samples == len(QUESTIONS)
+            assert ledger.spent == pytest.approx(summary.paid_usd)
