@@ -157,7 +157,8 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
 
             collector = BatchCollector(client, journal, ledger, store, poll_s=ccfg.poll_s, max_items=ccfg.batch_items,
                                        clock=clock, sleep=sleep, echo=echo)
-            collector.recover()
+            if not ccfg.dry_run:
+                await collector.recover()
         wants = plan()
         summary.wanted = sum(w.missing for w in wants)
         if ccfg.dry_run:

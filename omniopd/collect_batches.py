@@ -74,19 +74,26 @@ class BatchCollector:
     _last: dict[str, str] = field(default_factory=dict)
 
     # --- resume ---------------------------------------------------------------------------------
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """Settle what a killed run left (see the module docstring)."""
         for job in self.journal.jobs(["planned"]):
             if job.reservation is not None:
                 self.ledger.release(job.reservation)
             self.journal.drop_job(job.job)
+        known_ids = {j.batch_id for j in self.journal.jobs() if j.batch_id}
         for job in self.journal.jobs(["submitting"]):
+            batch_id = await self.client.find(job.job, len(self.journal.items(job.job)), job.created, known_ids)
+            if batch_id is not None:  # it reached the provider: poll it like any other
+                self.journal.set_state(job.job, "submitted", batch_id)
+                known_ids.add(batch_id)
+                self.echo(f"batch {batch_id}: found at the provider (a run was killed while submitting it); polling it")
+                continue
             if job.reservation is not None:
                 self.ledger.settle(job.reservation, job.worst_usd, 0)
             self.journal.finish(job.job, [], paid_usd=job.worst_usd, live_usd=0.0, input_tokens=0.0, output_tokens=0.0,
                                 state="lost")
-            log.warning("batch job %s: a run was killed while submitting it; the provider may have it (counted at its "
-                        "worst case $%.6f); its requests are planned again", job.job, job.worst_usd)
+            log.warning("batch job %s: a run was killed while submitting it and the provider lists no such batch; "
+                        "counted at its worst case $%.6f, its requests are planned again", job.job, job.worst_usd)
         known = self.journal.known_reservations()
         for rid in self.ledger.open_reservations(OWNER_PREFIX):
             if rid not in known:  # reserved, then killed before the job was written: never sent

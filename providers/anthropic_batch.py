@@ -71,3 +71,15 @@ class AnthropicBatchClient(BatchClientBase):
 
     async def cancel(self, batch_id: str) -> None:
         await self._call(lambda: self._client().messages.batches.cancel(batch_id), "cancel", batch_id)
+
+    async def find(self, tag: str, items: int, since: float, known: set[str]) -> str | None:
+        async def page() -> list[Any]:
+            return list((await self._client().messages.batches.list(limit=100)).data)
+
+        found = []
+        for b in await self._call(page, "list"):
+            total = sum(int(getattr(b.request_counts, k, 0) or 0)
+                        for k in ("processing", "succeeded", "errored", "canceled", "expired"))
+            if b.id not in known and b.created_at.timestamp() >= since - 300 and total == items:
+                found.append(b.id)
+        return found[0] if len(found) == 1 else None

@@ -17,6 +17,10 @@ Contract of a client:
 - `results(batch_id)` returns one `ItemResult` per item (succeeded, errored, expired, canceled);
   call it only once the batch ended.
 - `cancel(batch_id)` asks the provider to stop; the batch still ends (with canceled items).
+- `find(tag, items, since, known)` looks for a batch we created but whose id we never learned
+  (a run killed during the create call): by the tag in its metadata (OpenAI) or display name
+  (Gemini); Anthropic batches carry no metadata, so there it is the one batch created since
+  `since` with exactly `items` requests that is not `known` — None when none or several match.
 - `worst_case_usd(item)` bounds what an item can be billed, at the batch price.
 
 Every API call runs under the teacher's retry policy (`providers/retry.py`); failures surface as
@@ -101,6 +105,8 @@ class BatchClient(Protocol):
     async def results(self, batch_id: str, items: Sequence[BatchItem]) -> list[ItemResult]: ...
 
     async def cancel(self, batch_id: str) -> None: ...
+
+    async def find(self, tag: str, items: int, since: float, known: set[str]) -> str | None: ...
 
     def worst_case_usd(self, item: BatchItem) -> float: ...
 

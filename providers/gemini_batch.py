@@ -76,3 +76,12 @@ class GeminiBatchClient(BatchClientBase):
 
     async def cancel(self, batch_id: str) -> None:
         await self._call(lambda: self._client().aio.batches.cancel(name=batch_id), "cancel", batch_id)
+
+    async def find(self, tag: str, items: int, since: float, known: set[str]) -> str | None:
+        async def page() -> list[Any]:
+            return list((await self._client().aio.batches.list(config={"page_size": 100})).page)
+
+        for job in await self._call(page, "list"):
+            if job.display_name == f"omniopd-{tag}":
+                return job.name
+        return None

@@ -95,3 +95,12 @@ class OpenAIBatchClient(BatchClientBase):
 
     async def cancel(self, batch_id: str) -> None:
         await self._call(lambda: self._client().batches.cancel(batch_id), "cancel", batch_id)
+
+    async def find(self, tag: str, items: int, since: float, known: set[str]) -> str | None:
+        async def page() -> list[Any]:
+            return list((await self._client().batches.list(limit=100)).data)
+
+        for b in await self._call(page, "list"):
+            if (b.metadata or {}).get("omniopd_job") == tag:
+                return b.id
+        return None

@@ -249,6 +249,21 @@ class _Handler(BaseHTTPRequestHandler):
         b = self.fake.new("anthropic", [(r["custom_id"], r["params"]) for r in reqs], reqs[0]["params"]["model"] if reqs else "")
         self._send(200, self._a_batch(b))
 
+    def _listed(self, provider: str) -> list[FakeBatch]:
+        with self.fake.lock:
+            return sorted((b for b in self.fake.batches.values() if b.provider == provider), key=lambda b: -b.created)
+
+    def a_list(self, raw: bytes) -> None:
+        data = [self._a_batch(b) for b in self._listed("anthropic")]
+        self._send(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None})
+
+    def o_list(self, raw: bytes) -> None:
+        self._send(200, {"object": "list", "data": [self._o_batch(b) for b in self._listed("openai")], "has_more": False})
+
+    def g_list(self, raw: bytes) -> None:
+        self._send(200, {"operations": [self._g_job(b) for b in self._listed("gemini")]})
+
     def a_get(self, raw: bytes, bid: str) -> None:
         b = self.fake.poll(bid)
         self._send(200, self._a_batch(b)) if b else self._send(404, {"type": "error", "error": {"type": "not_found_error", "message": bid}})
@@ -410,6 +425,9 @@ ROUTES: dict[str, list[tuple[str, Callable[..., None]]]] = {
         (r"/v1beta/batches/([^/:]+):cancel", _Handler.g_cancel),
     ],
     "GET": [
+        (r"/v1/messages/batches", _Handler.a_list),
+        (r"/v1/batches", _Handler.o_list),
+        (r"/v1beta/batches", _Handler.g_list),
         (r"/v1/messages/batches/([^/]+)/results", _Handler.a_results),
         (r"/v1/messages/batches/([^/]+)", _Handler.a_get),
         (r"/v1/files/([^/]+)/content", _Handler.o_content),

@@ -207,3 +207,31 @@ def test_live_fallback_buys_errored_items_live(tmp_path, data):
         with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
             assert ledger.samples == len(QUESTIONS)
             assert ledger.spent == pytest.approx(summary.paid_usd)
+
+
+@pytest.mark.parametrize("provider", list(SPECS))
+def test_a_run_killed_inside_create_is_found_at_the_provider_not_resubmitted(tmp_path, data, provider, monkeypatch):
+    import importlib
+
+    cls = {"anthropic": "AnthropicBatchClient", "openai": "OpenAIBatchClient", "gemini": "GeminiBatchClient"}[provider]
+    cls = getattr(importlib.import_module(f"providers.{provider}_batch"), cls)
+    orig = cls.create
+
+    async def dies_after_create(self, items, tag):
+        await orig(self, items, tag)
+        raise KeyboardInterrupt  # killed before the batch id reached the journal
+
+    with FakeBatchServer() as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True)
+        monkeypatch.setattr(cls, "create", dies_after_create)
+        with pytest.raises(KeyboardInterrupt):
+            run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        monkeypatch.setattr(cls, "create", orig)
+        with BatchJournal(Path(ccfg.dir) / JOURNAL_FILE) as j:
+            assert [job.state for job in j.jobs()] == ["submitting"]
+        lines: list[str] = []
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lines.append)
+        assert srv.created() == 1 and summary.missing == 0
+        assert any("found at the provider" in ln for ln in lines)
+        with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+            assert ledger.spent == pytest.approx(summary.paid_usd) and ledger.samples == len(QUESTIONS)
