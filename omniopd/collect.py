@@ -242,6 +242,9 @@ def _job_rows(journal: Any) -> list[Row]:
         stored = sum(1 for it in items if it.state == "stored")
         failed = sum(1 for it in items if it.state not in ("stored", "pending"))
         state = j.state if j.state != "done" else (j.raw_status or "ended")
+        fates = {it.state for it in items}
+        if j.state == "done" and len(fates) == 1 and fates <= {"canceled", "expired"}:
+            state = fates.pop()  # Anthropic says "ended" whatever happened: name what did
         rows.append(Row(j.batch_id or j.job, state, len(items), stored, failed, j.input_tokens, j.output_tokens,
                         j.live_usd, j.paid_usd))
     return rows

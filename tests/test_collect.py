@@ -235,3 +235,35 @@ def test_a_run_killed_inside_create_is_found_at_the_provider_not_resubmitted(tmp
         assert any("found at the provider" in ln for ln in lines)
         with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
             assert ledger.spent == pytest.approx(summary.paid_usd) and ledger.samples == len(QUESTIONS)
+
+
+def test_submit_and_return_then_cancel_reports_what_the_batch_cost(tmp_path, data):
+    with FakeBatchServer(hold=True) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["anthropic"], batch=True, max_wait_s=0)
+        first = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        assert not first.finished and srv.created() == 1
+        assert "rerun to collect" in first.table()
+        cancel = CollectConfig(dir=ccfg.dir, batch=True, cancel=True, poll_s=0.01)
+        lines: list[str] = []
+        summary = run_collect(cfg, cancel, env=srv.env(), sleep=_fast, echo=lines.append)
+    assert srv.created() == 1 and srv.requests("POST", r"/cancel$")
+    assert any("cancel requested" in ln for ln in lines)
+    assert [(r.state, r.stored, r.failed, r.paid_usd) for r in summary.rows] == [("canceled", 0, len(QUESTIONS), 0.0)]
+    with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+        assert ledger.spent == 0 and ledger.in_flight == pytest.approx(0, abs=1e-12)
+
+
+def test_cli_dry_run_prints_live_and_batched_cost_and_buys_nothing(tmp_path, data, capsys, monkeypatch):
+    from omniopd.cli import main
+
+    with FakeBatchServer() as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        rc = main(["collect", "--teacher", "gpt-4o-mini", "--data", str(data), "--cache", str(tmp_path / "c.sqlite"),
+                   "--batch", "--solutions", "3", "--dry-run", "--collect-dir", str(tmp_path / "collect")])
+        out = capsys.readouterr().out
+        assert rc == 0 and srv.created() == 0 and not srv.log
+    assert "estimated cost live" in out and "estimated cost batched" in out and f"{3 * len(QUESTIONS)} samples" in out
+    live = float(out.split("estimated cost live:")[1].split("$")[1].split()[0])
+    batched = float(out.split("estimated cost batched:")[1].split("$")[1].split()[0])
+    assert batched == pytest.approx(live / 2, rel=1e-3)
