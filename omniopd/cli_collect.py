@@ -12,7 +12,7 @@ import argparse
 from omniopd.config import CollectConfig
 from omniopd.config_flags import add_config_flags, config_from_args, section_values
 
-SECTIONS = ("student", "teacher", "data", "cache")
+SECTIONS = ("student", "teacher", "data", "cache", "scheduler", "learner", "method")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -111,7 +111,7 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
     from cache.batch_jobs import JOURNAL_FILE, BatchJournal
     from cache.paths import resolve_cache_path
     from cache.store import SampleStore
-    from omniopd.collect_plan import estimate, solution_wants
+    from omniopd.collect_plan import estimate, request_wants, solution_wants
     from omniopd.ledger import LEDGER_FILE, SpendLedger
     from omniopd.teachers import build_api_teacher, is_api_spec
 
@@ -146,7 +146,17 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
     def stored(keys: Any) -> dict[bytes, int]:
         return {k: len(p) for k, p in store.pools(keys).items()}
 
+    fork_reqs: list = []
+    if ccfg.what == "forks":
+        from omniopd.collect_forks import fork_requests_for, forks_dir, record_rollouts
+
+        record_rollouts(cfg, prompts, forks_dir(ccfg.dir), teacher.spec, identity, store, echo)
+        fork_reqs = fork_requests_for(cfg, forks_dir(ccfg.dir))
+        echo(f"forks: {len(fork_reqs)} fork requests over the recorded rollouts")
+
     def plan() -> list:
+        if ccfg.what == "forks":
+            return request_wants(fork_reqs, identity, stored=stored, in_flight=journal.in_flight())
         return solution_wants(prompts, identity, n=n, max_tokens=max_tokens, temperature=temperature, stored=stored,
                               in_flight=journal.in_flight())
 
@@ -170,9 +180,15 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
         if ccfg.live_fallback or client is None:
             wants = plan() if summary.finished else []
             if wants:
-                await _buy_live(teacher, wants, store, ledger, cfg, n, max_tokens, temperature, summary, echo)
+                await _buy_live(teacher, wants, store, ledger, ccfg, n, max_tokens, temperature, summary, echo)
         summary.rows = _job_rows(journal) + summary.rows
         summary.missing = sum(w.missing for w in plan()) if summary.finished else summary.wanted
+        if ccfg.what == "forks" and summary.finished:
+            from omniopd.collect_forks import record_fork_samples
+
+            answered = record_fork_samples(cfg, forks_dir(ccfg.dir), identity, store)
+            echo(f"forks: {answered} of {len(fork_reqs)} forks have teacher continuations; train on them offline with "
+                 f"`omniopd train --replay {forks_dir(ccfg.dir)}` and the same student, data and scheduler flags")
         return summary
     finally:
         journal.close()
@@ -207,18 +223,21 @@ async def _batch_rounds(collector: Any, ccfg: CollectConfig, plan: Callable[[], 
     return True
 
 
-async def _buy_live(teacher: Any, wants: list, store: Any, ledger: Any, cfg: TrainConfig, n: int, max_tokens: int,
+async def _buy_live(teacher: Any, wants: list, store: Any, ledger: Any, ccfg: CollectConfig, n: int, max_tokens: int,
                     temperature: float | None, summary: CollectSummary, echo: Callable[[str], None]) -> None:
     """Buy the shortfall live, through the cache and the ledger (the training path)."""
     from cache.teacher import CachedTeacher
     from omniopd.solutions import buy_solutions, solution_summary
     from omniopd.spend import BudgetedTeacher
 
-    echo(f"live: buying {sum(w.missing for w in wants)} samples for {len(wants)} prompts from {teacher.spec}")
+    echo(f"live: buying {sum(w.missing for w in wants)} samples for {len(wants)} requests from {teacher.spec}")
     cached = CachedTeacher(BudgetedTeacher(teacher, ledger), store.path, "read-write")
     before = teacher.usage_totals()
     try:
-        got = await buy_solutions(cached, [w.prompt for w in wants], n=n, max_tokens=max_tokens, temperature=temperature)
+        if ccfg.what == "solutions":
+            got = await buy_solutions(cached, [w.prompt for w in wants], n=n, max_tokens=max_tokens, temperature=temperature)
+        else:
+            got = await _sample_each(cached, [w.request for w in wants])
     except BudgetExceededError as exc:
         summary.refused = str(exc)
         echo(summary.refused)
@@ -231,6 +250,22 @@ async def _buy_live(teacher: Any, wants: list, store: Any, ledger: Any, cfg: Tra
     summary.rows.append(Row("live", "done", int(after["requests"] - before["requests"]), s["samples"] - s["cached"],
                             sum(1 for row in got if not row), after["input_tokens"] - before["input_tokens"],
                             after["output_tokens"] - before["output_tokens"], paid, paid))
+
+
+async def _sample_each(teacher: Any, requests: list) -> list[list]:
+    """Each request's samples; one that fails past the teacher's retries yields [] (a spend-cap stop propagates)."""
+    from omniopd.errors import TeacherError
+
+    async def one(req: Any) -> list:
+        try:
+            return await teacher.sample(req)
+        except BudgetExceededError:
+            raise
+        except TeacherError as exc:
+            log.warning("teacher request failed: %s", exc)
+            return []
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
 def _job_rows(journal: Any) -> list[Row]:

@@ -2,8 +2,9 @@
 
 The sample cache is the truth of what was bought: for each prompt the request is
 `omniopd.solutions.solution_request(prompt, n=N, max_tokens, temperature)` — the one every
-recipe that reads solutions sends — and its cache key `cache.teacher.request_key(identity,
-request)`. A prompt needs `N - stored - in flight` more samples, where "in flight" counts the
+recipe that reads solutions sends — (or, for `--what forks`, the fork requests a training step
+builds, `omniopd/collect_forks.py`) and its cache key `cache.teacher.request_key(identity,
+request)`. A request needs `N - stored - in flight` more samples, where "in flight" counts the
 items of batches already submitted and not yet stored (the batch journal): planning twice never
 asks twice. Identical prompts share one key and are bought once.
 
@@ -46,14 +47,20 @@ def solution_wants(prompts: Iterable[list[dict[str, str]]], identity: dict[str, 
                    temperature: float | None, stored: Callable[[Sequence[bytes]], dict[bytes, int]],
                    in_flight: dict[bytes, int]) -> list[Want]:
     """The prompts that still need samples (see the module docstring); `stored(keys)` counts pools."""
+    requests = [(p, solution_request(p, n=n, max_tokens=max_tokens, temperature=temperature)) for p in prompts]
+    return request_wants(requests, identity, stored=stored, in_flight=in_flight)
+
+
+def request_wants(requests: Iterable[tuple[list[dict[str, str]], TeacherRequest]], identity: dict[str, Any], *,
+                  stored: Callable[[Sequence[bytes]], dict[bytes, int]], in_flight: dict[bytes, int]) -> list[Want]:
+    """Each distinct request's shortfall: its `n` minus what is stored and in flight under its key."""
     by_key: dict[bytes, tuple[list[dict[str, str]], TeacherRequest]] = {}
-    for p in prompts:
-        req = solution_request(p, n=n, max_tokens=max_tokens, temperature=temperature)
+    for p, req in requests:
         by_key.setdefault(request_key(identity, req), (p, req))
     have = stored(list(by_key))
     out = []
     for key, (p, req) in by_key.items():
-        missing = n - have.get(key, 0) - in_flight.get(key, 0)
+        missing = req.n - have.get(key, 0) - in_flight.get(key, 0)
         if missing > 0:
             out.append(Want(p, req, key, missing))
     return out

@@ -466,14 +466,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-COLLECT_WHAT = ("solutions",)
+COLLECT_WHAT = ("solutions", "forks")
 
 
 @dataclass
 class CollectConfig:
     """`omniopd collect`'s own knobs (the teacher, data, student and cache sections are `train`'s)."""
 
-    what: str = knob("solutions", "what to buy: solutions (N whole teacher answers per prompt, as --method sft buys them: same cache keys)", choices=COLLECT_WHAT)
+    what: str = knob("solutions", "what to buy: solutions (N whole teacher answers per prompt, as --method sft buys them: same cache keys); forks (the --student's rollouts, its fork points and the teacher's continuations there, for `omniopd train --replay COLLECT_DIR/forks`)", choices=COLLECT_WHAT)
     solutions: int = knob(1, "N: teacher solutions per prompt (stored ones count: only the shortfall is bought)")
     batch: bool = knob(False, "buy through the provider's batch API at about half price (answers within 24 h; rerun to resume); live requests otherwise", flag="--batch")
     live_fallback: bool = knob(False, "--batch: buy items that errored or expired in a batch live, instead of in a new batch", flag="--live-fallback")

@@ -1,0 +1,56 @@
+"""`omniopd collect --what forks --student S`: the student's rollouts and the teacher's continuations at
+its forks, bought in a batch, then `omniopd train --replay COLLECT_DIR/forks` trains on them offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from omniopd.cli import main
+from tests.fake_batches import FakeBatchServer
+
+QUESTIONS = ["What is 2 + 3?", "Name a red fruit."]
+SHAPE = ["--generations", "2", "--prompts-per-step", "1", "--max-new-tokens", "20", "--chunk-tokens", "5",
+         "--chunks-per-completion", "2", "--teacher-samples", "2", "--seed", "1"]
+
+
+@pytest.fixture
+def student(tmp_path, tiny_tok):
+    from tests.tiny import tiny_llama
+
+    path = tmp_path / "student"
+    tiny_llama(tiny_tok, seed=0).save_pretrained(path)
+    tiny_tok.save_pretrained(path)
+    return path
+
+
+def test_forks_collected_in_a_batch_then_replayed_with_no_teacher(tmp_path, student, monkeypatch, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    collect = ["collect", "--what", "forks", "--student", str(student), "--teacher", "openai:gpt-4o-mini",
+               "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"), "--batch", "--poll-seconds", "0.01",
+               "--collect-dir", str(tmp_path / "collect"), *SHAPE]
+    with FakeBatchServer() as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        assert main(collect) == 0
+        out = capsys.readouterr().out
+        assert srv.created() == 1 and "forks have teacher continuations" in out
+        answered = int(out.split("forks: ")[-1].split(" of ")[0])
+        assert answered > 0
+        # a rerun keeps the recorded rollouts: nothing new to buy, nothing submitted
+        assert main(collect) == 0
+        assert srv.created() == 1
+        seen = len(srv.log)
+
+        run = tmp_path / "run"
+        rc = main(["train", "--replay", str(tmp_path / "collect" / "forks"), "--student", str(student),
+                   "--teacher", "openai:gpt-4o-mini", "--output", str(run), "--similarity", "edit", "--max-steps", "2",
+                   "--learning-rate", "0.01", *SHAPE])
+        assert rc == 0 and len(srv.log) == seen  # replay: no request reached any API
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert sum(r["forks"] for r in rows) == answered
+    assert sum(r.get("teacher_samples", 0) for r in rows) == 2 * answered
