@@ -144,8 +144,8 @@ def test_expired_batch_is_reported_with_its_cost_and_retried(tmp_path, data):
         cfg, ccfg = configs(tmp_path, data, SPECS["gemini"], batch=True, retries=1)
         summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
     assert srv.created() == 2 and summary.missing == len(QUESTIONS)
-    assert all(r.state == "JOB_STATE_EXPIRED" and r.paid_usd == 0 for r in summary.rows)
-    assert "JOB_STATE_EXPIRED" in summary.table()
+    assert all(r.state == "expired" and r.paid_usd == 0 and r.failed == len(QUESTIONS) for r in summary.rows)
+    assert "expired" in summary.table()
 
 
 def test_a_missing_key_stops_before_anything_is_submitted(tmp_path, data):
