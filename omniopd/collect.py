@@ -89,14 +89,13 @@ class CollectSummary:
         return "\n".join([*lines, tail] + ([self.refused] if self.refused else []))
 
 
-def load_prompt_rows(cfg: TrainConfig) -> list[list[dict[str, str]]]:
-    """The prompts of `--data`, as `omniopd train` reads them (with `--system-prompt`)."""
+def load_rows(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The rows of `--data` (`prompt`, `answer`), as `omniopd train` reads them (with `--system-prompt`)."""
     from omniopd.data import load_prompts
 
     d = cfg.data
-    rows = load_prompts(d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt,
+    return load_prompts(d.path, d.prompt_field, d.answer_field, d.split, d.limit, cfg.student.system_prompt,
                         config=d.config, max_row_bytes=d.max_row_bytes)
-    return [r["prompt"] for r in rows]
 
 
 def run_collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, str] | None = None,
@@ -122,7 +121,8 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
     if not is_api_spec(cfg.teacher.spec):
         raise ConfigError(f"--teacher {cfg.teacher.spec}: collect buys from an API teacher (claude-haiku, anthropic:M, "
                           "openai:M, gemini:M, openai-compatible:M); a local teacher costs nothing to run during training")
-    prompts = load_prompt_rows(cfg)
+    rows = load_rows(cfg)
+    prompts = [r["prompt"] for r in rows]
     # The API teacher, as training builds it (its identity is the cache key's), with no fallback:
     # a missing key or an unsupported model stops here, before anything is submitted.
     teacher = build_api_teacher(cfg.teacher, env=env)
@@ -147,12 +147,6 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
         return {k: len(p) for k, p in store.pools(keys).items()}
 
     fork_reqs: list = []
-    if ccfg.what == "forks":
-        from omniopd.collect_forks import fork_requests_for, forks_dir, record_rollouts
-
-        record_rollouts(cfg, prompts, forks_dir(ccfg.dir), teacher.spec, identity, store, echo)
-        fork_reqs = fork_requests_for(cfg, forks_dir(ccfg.dir))
-        echo(f"forks: {len(fork_reqs)} fork requests over the recorded rollouts")
 
     def plan() -> list:
         if ccfg.what == "forks":
@@ -161,6 +155,16 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
                               in_flight=journal.in_flight())
 
     try:
+        if ccfg.only_failures:  # the student's verdicts first (recorded once: a rerun buys for the same prompts)
+            from omniopd.collect_failures import failing_prompts
+
+            prompts = failing_prompts(cfg, rows, out, echo)
+        if ccfg.what == "forks":  # the student's rollouts first (recorded once), then their fork requests
+            from omniopd.collect_forks import fork_requests_for, forks_dir, record_rollouts
+
+            record_rollouts(cfg, prompts, forks_dir(ccfg.dir), teacher.spec, identity, store, echo)
+            fork_reqs = fork_requests_for(cfg, forks_dir(ccfg.dir))
+            echo(f"forks: {len(fork_reqs)} fork requests over the recorded rollouts")
         collector = None
         if client is not None:
             from omniopd.collect_batches import BatchCollector

@@ -480,6 +480,7 @@ class CollectConfig:
     dir: str = knob("runs/collect", "collect directory: the batch journal (batches.sqlite) and the spend ledger (spend.sqlite); rerun with the same one to resume", flag="--collect-dir")
     batch_items: int | None = knob(None, "requests per batch at most; unset = the provider's limit", flag="--batch-items")
     poll_s: float = knob(60.0, "seconds between status polls of open batches", flag="--poll-seconds")
+    only_failures: bool = knob(False, "solutions: sample the --student first (--generations answers per prompt) and buy only for prompts where none is correct (math verifier vs --answer-field)", flag="--only-failures")
     retries: int = knob(1, "--batch: rounds of new batches for items that errored, expired or were canceled", flag="--batch-retries")
     max_wait_s: float | None = knob(None, "stop polling after this many seconds (the batches keep running; rerun to collect them); unset = wait until they end", flag="--max-wait")
     dry_run: bool = knob(False, "print what would be bought and its estimated cost, live and batched; buy nothing", flag="--dry-run")
@@ -495,6 +496,7 @@ class CollectConfig:
         _check(self.max_wait_s is None or self.max_wait_s >= 0, "collect.max_wait_s", f"must be >= 0; got {self.max_wait_s}")
         _check(not self.live_fallback or self.batch, "collect.live_fallback", "only applies with --batch")
         _check(not self.cancel or self.batch, "collect.cancel", "only applies with --batch")
+        _check(not self.only_failures or self.what == "solutions", "collect.only_failures", "only applies with --what solutions")
 
 
 def build_collect_config(values: dict[str, Any]) -> CollectConfig:

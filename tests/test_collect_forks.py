@@ -54,3 +54,37 @@ def test_forks_collected_in_a_batch_then_replayed_with_no_teacher(tmp_path, stud
     assert [r["step"] for r in rows] == [1, 2]
     assert sum(r["forks"] for r in rows) == answered
     assert sum(r.get("teacher_samples", 0) for r in rows) == 2 * answered
+
+
+def test_only_failures_buys_solutions_only_where_the_student_fails(tmp_path, student, monkeypatch, capsys):
+    import omniopd.answers
+
+    rows = [{"question": "What is 2 + 3?", "answer": "5"}, {"question": "What is 4 + 4?", "answer": "8"},
+            {"question": "What is 1 + 6?", "answer": "7"}]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the tiny random student answers nonsense; the verifier is told it solved the "8" problem
+    calls: list[str] = []
+
+    def judge(prediction: str, gold: str) -> bool:
+        calls.append(gold)
+        return gold == "8"
+
+    monkeypatch.setattr(omniopd.answers, "is_correct", judge)
+    argv = ["collect", "--only-failures", "--student", str(student), "--teacher", "openai:gpt-4o-mini",
+            "--data", str(data), "--answer-field", "answer", "--cache", str(tmp_path / "cache.sqlite"),
+            "--collect-dir", str(tmp_path / "collect"), "--generations", "2", "--prompts-per-step", "2",
+            "--max-new-tokens", "8", "--batch", "--poll-seconds", "0.01"]
+    with FakeBatchServer() as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "fails 2 of 3 prompts" in out and srv.created() == 1
+        b = next(iter(srv.batches.values()))
+        asked = sorted(r["question"] for r in rows for _, body in b.items
+                       if any(r["question"] in (m.get("content") or "") for m in body["messages"]))
+        assert asked == ["What is 1 + 6?", "What is 2 + 3?"]
+        n_judged = len(calls)
+        assert main(argv) == 0  # a rerun reads the recorded verdicts: no sampling, nothing bought
+        assert len(calls) == n_judged == 5 and srv.created() == 1  # 2 + 2 answers judged, 1 for the solved one
