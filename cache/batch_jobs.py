@@ -117,13 +117,19 @@ class Job:
 class BatchJournal:
     """See the module docstring. One connection; use it from one thread at a time."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 60.0,
+                 exclusive: bool = False) -> None:
+        """`exclusive`: hold `<path>.lock` (flock) while open, so a second `omniopd collect` on the
+        same directory stops at once instead of racing this one (the OS drops it if we are killed)."""
         self.path = Path(path)
         self.clock = clock
+        self._lock_fd: int | None = None
         if self.path.is_dir():
             raise CacheError(f"batch journal {self.path} is a directory; pass --collect-dir DIR (the journal is a file in it)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if exclusive:
+            self._lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_s)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")  # a commit survives kill -9
@@ -195,9 +201,27 @@ class BatchJournal:
     def known_reservations(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT reservation FROM jobs WHERE reservation IS NOT NULL")}
 
+    def _lock(self) -> None:
+        import fcntl
+        import os
+
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CacheError(f"another `omniopd collect` is using {self.path.parent} right now; wait for it to finish, "
+                             "or pass another --collect-dir") from None
+        self._lock_fd = fd
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
+        if self._lock_fd is not None:
+            import os
+
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def __enter__(self) -> "BatchJournal":
         return self

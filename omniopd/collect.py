@@ -136,9 +136,13 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
 
         client = batch_client_for(teacher)
     out = Path(ccfg.dir).expanduser()
-    store = SampleStore(resolve_cache_path(cfg.cache.path), "read-write", clock=clock)
-    journal = BatchJournal(out / JOURNAL_FILE, clock=clock)
-    ledger = SpendLedger(out / LEDGER_FILE, cfg.teacher.max_usd, clock=clock)
+    journal = BatchJournal(out / JOURNAL_FILE, clock=clock, exclusive=True)  # one collect per directory
+    try:
+        store = SampleStore(resolve_cache_path(cfg.cache.path), "read-write", clock=clock)
+        ledger = SpendLedger(out / LEDGER_FILE, cfg.teacher.max_usd, clock=clock)
+    except BaseException:
+        journal.close()
+        raise
     summary = CollectSummary(prompts=len(prompts))
     n, max_tokens, temperature = ccfg.solutions, cfg.student.max_new_tokens, cfg.teacher.temperature
     identity = teacher.identity()

@@ -267,3 +267,43 @@ def test_cli_dry_run_prints_live_and_batched_cost_and_buys_nothing(tmp_path, dat
     live = float(out.split("estimated cost live:")[1].split("$")[1].split()[0])
     batched = float(out.split("estimated cost batched:")[1].split("$")[1].split()[0])
     assert batched == pytest.approx(live / 2, rel=1e-3)
+
+
+def test_a_second_collect_on_the_same_directory_stops_at_once(tmp_path, data):
+    from omniopd.errors import CacheError
+
+    with FakeBatchServer() as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["openai"], batch=True)
+        with BatchJournal(Path(ccfg.dir) / JOURNAL_FILE, exclusive=True):  # another collect holds it
+            with pytest.raises(CacheError, match="another `omniopd collect`"):
+                run_collect(cfg, ccfg, env=srv.env())
+        assert srv.created() == 0
+        assert run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None).missing == 0
+
+
+def test_a_teacher_without_a_batch_api_stops_before_anything_is_sent(tmp_path, data):
+    from omniopd.errors import TeacherCapabilityError
+
+    with FakeBatchServer() as srv:
+        cfg = build_config(None, {"teacher.spec": "openai-compatible:m", "teacher.base_url": srv.url + "/v1",
+                                  "data.path": str(data), "cache.path": str(tmp_path / "cache.sqlite")})
+        with pytest.raises(TeacherCapabilityError, match="no batch API"):
+            run_collect(cfg, CollectConfig(dir=str(tmp_path / "collect"), batch=True), env=srv.env())
+        assert not srv.log
+
+
+def test_config_file_collect_section(tmp_path, data, capsys, monkeypatch):
+    import yaml
+
+    from omniopd.cli import main
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({"teacher": {"spec": SPECS["gemini"]}, "data": {"path": str(data)},
+                                    "collect": {"solutions": 5, "batch": True, "dry_run": True}}))
+    with FakeBatchServer() as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        rc = main(["collect", "--config", str(conf), "--solutions", "3", "--cache", str(tmp_path / "c.sqlite"),
+                   "--collect-dir", str(tmp_path / "collect")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "3 solutions each" in out and "dry run" in out  # flag > file > default
