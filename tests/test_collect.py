@@ -104,16 +104,23 @@ def test_live_collect_buys_only_the_shortfall(tmp_path, data):
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
-def test_cap_below_full_cost_stops_at_or_under_it(tmp_path, data, provider):
+def test_cap_below_full_cost_stops_at_or_under_it(tmp_path, data, provider, monkeypatch, capsys):
+    from omniopd.cli import main
+
     with FakeBatchServer() as srv:
         cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True, solutions=2)
         dry = run_collect(cfg, CollectConfig(dir=ccfg.dir, batch=True, solutions=2, dry_run=True), env=srv.env())
         full_worst = float(dry.table().split("worst case batched:")[1].split("$")[1].split()[0])
         assert srv.created() == 0 and "estimated cost live" in dry.table()
         cap = full_worst * 0.45
-        cfg, ccfg = configs(tmp_path, data, SPECS[provider], cap=cap, batch=True, solutions=2)
-        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
-        assert summary.refused and "would pass --max-teacher-usd" in summary.refused and "by $" in summary.refused
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        # omniopd collect --what solutions --batch --max-teacher-usd C, with C below the full cost
+        rc = main(["collect", "--what", "solutions", "--batch", "--max-teacher-usd", repr(cap), "--teacher", SPECS[provider],
+                   "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"), "--max-new-tokens", str(MAX_TOKENS),
+                   "--solutions", "2", "--collect-dir", ccfg.dir, "--poll-seconds", "0.01"])
+        out = capsys.readouterr().out
+        assert rc == 3 and "would pass --max-teacher-usd" in out and "by $" in out
         with SpendLedger(Path(ccfg.dir) / LEDGER_FILE, cap) as ledger:
             assert 0 < ledger.spent <= cap and ledger.in_flight == pytest.approx(0, abs=1e-12)
         stored = sum(pools(tmp_path, cfg, srv.env()).values())
