@@ -137,11 +137,14 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
         client = batch_client_for(teacher)
     out = Path(ccfg.dir).expanduser()
     journal = BatchJournal(out / JOURNAL_FILE, clock=clock, exclusive=True)  # one collect per directory
+    opened: list[Any] = [journal]
     try:
         store = SampleStore(resolve_cache_path(cfg.cache.path), "read-write", clock=clock)
+        opened.append(store)
         ledger = SpendLedger(out / LEDGER_FILE, cfg.teacher.max_usd, clock=clock)
     except BaseException:
-        journal.close()
+        for f in opened:
+            f.close()
         raise
     summary = CollectSummary(prompts=len(prompts))
     n, max_tokens, temperature = ccfg.solutions, cfg.student.max_new_tokens, cfg.teacher.temperature
