@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from cache.batch_jobs import BatchJournal, Job, JobItem
 from cache.store import Entry, SampleStore
-from omniopd.errors import BudgetExceededError, TeacherError
+from omniopd.errors import TeacherError
 from omniopd.collect_plan import PlannedItem
 from omniopd.ledger import SpendLedger
 from providers.batch_base import BATCH_DISCOUNT, BatchClient, BatchItem, BatchStatus, sample_uid
@@ -216,11 +216,3 @@ def _batch_item(it: JobItem) -> BatchItem:
 def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
-
-def refuse_if_capped_at_zero(ledger: SpendLedger) -> None:
-    """A cap with no headroom left stops before anything is planned or sent."""
-    h = ledger.headroom()
-    if h is not None and h <= 0:
-        raise BudgetExceededError(f"teacher spend ${ledger.spent:.6f} (+ ${ledger.in_flight:.6f} in flight) already reached "
-                                  f"--max-teacher-usd {ledger.cap_usd:g}; raise it to buy more",
-                                  spent_usd=ledger.spent + ledger.in_flight, cap_usd=ledger.cap_usd, needed_usd=0.0)

@@ -4,7 +4,6 @@ its forks, bought in a batch, then `omniopd train --replay COLLECT_DIR/forks` tr
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
