@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from cache.batch_jobs import BatchJournal, Job, JobItem
 from cache.store import Entry, SampleStore
-from omniopd.errors import TeacherError
 from omniopd.collect_plan import PlannedItem
+from omniopd.errors import TeacherError
 from omniopd.ledger import SpendLedger
 from providers.batch_base import BATCH_DISCOUNT, BatchClient, BatchItem, BatchStatus, sample_uid
 
