@@ -19,7 +19,7 @@ from cache.store import SampleStore
 from cache.teacher import CachedTeacher, request_key
 from omniopd.collect import run_collect
 from omniopd.config import CollectConfig, build_config
-from omniopd.errors import TeacherAuthError
+from omniopd.errors import TeacherAuthError, TeacherError
 from omniopd.ledger import LEDGER_FILE, SpendLedger
 from omniopd.solutions import solution_request
 from omniopd.teachers import build_api_teacher
@@ -314,3 +314,25 @@ def test_config_file_collect_section(tmp_path, data, capsys, monkeypatch):
                    "--collect-dir", str(tmp_path / "collect")])
     out = capsys.readouterr().out
     assert rc == 0 and "3 solutions each" in out and "dry run" in out  # flag > file > default
+
+
+@pytest.mark.parametrize("provider", list(SPECS))
+def test_api_keys_are_never_logged_or_stored(tmp_path, data, provider, caplog):
+    import logging
+
+    canary = f"canary-{provider}-key-5e1f"
+    with FakeBatchServer(outcome=lambda p, cid: "error" if cid == "i0" else "ok") as srv:
+        env = {**srv.env(), "ANTHROPIC_API_KEY": canary, "OPENAI_API_KEY": canary, "GEMINI_API_KEY": canary}
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True, retries=0)
+        lines: list[str] = []
+        with caplog.at_level(logging.DEBUG):
+            run_collect(cfg, ccfg, env=env, sleep=_fast, echo=lines.append)
+            with pytest.raises(TeacherError) as ei:  # an error message names the batch, never the key
+                from providers.batch_base import batch_client_for
+
+                asyncio.run(batch_client_for(build_api_teacher(cfg.teacher, env=env)).status("batches/x" if provider == "gemini" else "x"))
+    assert canary not in str(ei.value)
+    assert canary not in "\n".join(lines) + caplog.text
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert canary.encode() not in f.read_bytes(), f
