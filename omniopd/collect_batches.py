@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from cache.batch_jobs import BatchJournal, Job, JobItem
 from cache.store import Entry, SampleStore
 from omniopd.collect_plan import PlannedItem
-from omniopd.errors import TeacherError
+from omniopd.errors import TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError
 from omniopd.ledger import SpendLedger
 from providers.batch_base import BATCH_DISCOUNT, BatchClient, BatchItem, BatchStatus, sample_uid
 
@@ -129,16 +129,49 @@ class BatchCollector:
         rid = self.ledger.reserve(sum(worst), f"{self.client.spec} batch of {len(items)}", owner=OWNER_PREFIX + job)
         self.journal.add_job(job, self.client.provider, self.client.spec, items, sum(worst), rid)
         self.journal.set_state(job, "submitting")
-        try:
-            batch_id = await self.client.create([_batch_item(it) for it in items], tag=job)
-        except TeacherError:  # the provider refused it: nothing was created, nothing billed
-            self.ledger.release(rid)
-            self.journal.set_state(job, "planned")
-            self.journal.drop_job(job)
-            raise
+        batch_id = await self._create(job, items)
+        if batch_id is None:
+            return
         self.journal.set_state(job, "submitted", batch_id)
         self.echo(f"batch {batch_id} ({self.client.spec}): submitted {len(items)} requests, "
                   f"{sum(it.k for it in items)} samples; worst case ${sum(worst):.6f} reserved")
+
+    async def _create(self, job: str, items: Sequence[JobItem]) -> str | None:
+        """The create call, retried only once `find` says the failed attempt created nothing.
+
+        A refusal (auth, quota, a 4xx) created nothing: the reservation is released, the job
+        dropped, the error raised. A timeout, 429 or 5xx may have come after the provider
+        created the batch: it is looked for by its tag before the next attempt, so a batch is
+        never created (nor paid for) twice.
+        """
+        policy = self.client.policy
+        attempts = policy.max_attempts
+        since = self.clock()
+        known = {j.batch_id for j in self.journal.jobs() if j.batch_id}
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.client.create([_batch_item(it) for it in items], tag=job)
+            except (TeacherAuthError, TeacherQuotaError, TeacherCapabilityError):
+                self._drop(job)
+                raise
+            except TeacherError as exc:
+                found = await self.client.find(job, len(items), since, known)
+                if found is not None:
+                    log.info("batch %s: the create call failed (%s) after the provider created it", found, exc.status)
+                    return found
+                if attempt == attempts:
+                    self._drop(job)
+                    raise
+                await self.sleep(max(exc.retry_after_s or 0.0, policy.backoff(attempt)))
+        return None
+
+    def _drop(self, job: str) -> None:
+        """A job the provider never created: its reservation released, its record gone."""
+        rid = next((j.reservation for j in self.journal.jobs(["submitting"]) if j.job == job), None)
+        if rid is not None:
+            self.ledger.release(rid)
+        self.journal.set_state(job, "planned")
+        self.journal.drop_job(job)
 
     # --- poll ----------------------------------------------------------------------------------------
     async def wait(self, max_wait_s: float | None = None) -> bool:

@@ -32,7 +32,7 @@ class AnthropicBatchClient(BatchClientBase):
     async def create(self, items: Sequence[BatchItem], tag: str) -> str:
         assert all(it.k == 1 for it in items), "a Messages request returns one sample"
         requests = [{"custom_id": it.custom_id, "params": self.params(it)} for it in items]
-        batch = await self._call(lambda: self._client().messages.batches.create(requests=requests), "create")
+        batch = await self._call(lambda: self._client().messages.batches.create(requests=requests), "create", once=True)
         return batch.id
 
     async def status(self, batch_id: str) -> BatchStatus:

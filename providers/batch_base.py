@@ -11,7 +11,8 @@ Contract of a client:
 
 - `create(items, tag)` submits `BatchItem`s (each: one provider request for `k` samples of one
   `TeacherRequest`, named by a `custom_id` unique in the batch) and returns the provider's batch
-  id. `tag` (our job id) goes into the batch's metadata where the API has any.
+  id. `tag` (our job id) goes into the batch's metadata where the API has any. The create call
+  itself is attempted once (see `_call`); the caller retries after `find` says it does not exist.
 - `status(batch_id)` returns a `BatchStatus` (`ended` once the provider stops processing it;
   counts as the provider reports them).
 - `results(batch_id)` returns one `ItemResult` per item (succeeded, errored, expired, canceled);
@@ -29,6 +30,7 @@ the typed `TeacherError`s with `provider`, `status`, `request_id` and `batch_id`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class BatchClient(Protocol):
     provider: str
     spec: str
     max_items: int  # requests per batch the API accepts
+    policy: Any  # the live teacher's `providers.retry.RetryPolicy`: attempts, backoff, deadline
 
     async def create(self, items: Sequence[BatchItem], tag: str) -> str: ...
 
@@ -125,6 +128,10 @@ class BatchClientBase:
         self.teacher = teacher  # the provider's ApiTeacher: bodies, parsing, caps, retry policy, key
         self.spec = teacher.spec
 
+    @property
+    def policy(self) -> Any:
+        return self.teacher.policy
+
     def identity(self) -> dict[str, Any]:
         """The live teacher's identity: batch samples land in the same cache pools."""
         return self.teacher.identity()
@@ -138,15 +145,21 @@ class BatchClientBase:
     async def aclose(self) -> None:
         await self.teacher.aclose()
 
-    async def _call(self, fn: Callable[[], Awaitable[T]], what: str, batch_id: str | None = None) -> T:
-        """`fn` under the teacher's retry policy; a typed error gains the batch id."""
+    async def _call(self, fn: Callable[[], Awaitable[T]], what: str, batch_id: str | None = None, *,
+                    once: bool = False) -> T:
+        """`fn` under the teacher's retry policy (`once`: a single attempt); a typed error gains the batch id.
+
+        Creating a batch is attempted once: a timeout or a 5xx may come after the provider created
+        it, and a blind retry would pay for it twice. The caller looks for it (`find`) first.
+        """
         name = f"{self.spec} batch {batch_id}" if batch_id else f"{self.spec} batch"
+        policy = dataclasses.replace(self.teacher.policy, max_attempts=1) if once else self.teacher.policy
 
         async def attempt() -> T:  # a coroutine function: tenacity awaits only those
             return await fn()
 
         try:
-            return await call_with_retries(attempt, self.teacher.policy, what=f"{name}: {what}", provider=self.provider,
+            return await call_with_retries(attempt, policy, what=f"{name}: {what}", provider=self.provider,
                                            secrets=[self.teacher._api_key])
         except TeacherError as exc:
             exc.batch_id = batch_id

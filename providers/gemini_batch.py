@@ -37,7 +37,7 @@ class GeminiBatchClient(BatchClientBase):
         src = [self.inlined(it) for it in items]
         job = await self._call(lambda: self._client().aio.batches.create(model=self.teacher.model, src=src,
                                                                           config={"display_name": f"omniopd-{tag}"}),
-                               "create")
+                               "create", once=True)
         return job.name
 
     async def _job(self, batch_id: str) -> Any:

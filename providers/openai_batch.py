@@ -36,7 +36,7 @@ class OpenAIBatchClient(BatchClientBase):
                                                                   purpose="batch"), "upload the input file")
         b = await self._call(lambda: self._client().batches.create(input_file_id=f.id, endpoint=ENDPOINT,
                                                                     completion_window="24h",
-                                                                    metadata={"omniopd_job": tag}), "create")
+                                                                    metadata={"omniopd_job": tag}), "create", once=True)
         return b.id
 
     async def _batch(self, batch_id: str) -> Any:

@@ -60,13 +60,17 @@ class FakeBatchServer:
 
     def __init__(self, *, end_after_polls: int = 1, hold: bool = False,
                  outcome: Callable[[str, str], str] | None = None, expire_batches: bool = False,
-                 responder: Callable[[str, Any, int], str | None] | None = None, live: Any = None) -> None:
+                 responder: Callable[[str, Any, int], str | None] | None = None, live: Any = None,
+                 create_faults: list[str] | None = None) -> None:
         self.end_after_polls = end_after_polls
         self.hold = hold
         self.outcome = outcome or (lambda provider, cid: "ok")
         self.expire_batches = expire_batches
         self.responder = responder  # (provider, request body, index) -> answer text; None = seeded words
         self.live = live  # a started tests.fake_providers.FakeProviderServer: live routes are forwarded to it
+        # consumed one per create call: "error" answers 500 and creates nothing; "lost" creates the
+        # batch, then answers 500 (the response was lost: the client cannot know it exists)
+        self.create_faults = list(create_faults or [])
         self.batches: dict[str, FakeBatch] = {}
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str]] = []
@@ -120,6 +124,10 @@ class FakeBatchServer:
             return [p for m, p in self.log if m == method and re.search(path_re, p)]
 
     # --- the batch life cycle -----------------------------------------------------------------
+    def create_fault(self) -> str | None:
+        with self.lock:
+            return self.create_faults.pop(0) if self.create_faults else None
+
     def new(self, provider: str, items: list[tuple[str, dict]], model: str = "", tag: str = "") -> FakeBatch:
         prefix = {"anthropic": "msgbatch_", "openai": "batch_", "gemini": "batches/"}[provider]
         b = FakeBatch(provider, prefix + uuid.uuid4().hex[:16], items, model, tag)
@@ -244,10 +252,20 @@ class _Handler(BaseHTTPRequestHandler):
                 "cancel_initiated_at": None,
                 "results_url": f"{self.fake.url}/v1/messages/batches/{b.id}/results" if b.state == "ended" else None}
 
+    def _faulted(self, fault: str | None) -> bool:
+        if fault is not None:
+            self._send(500, {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}})
+        return fault is not None
+
     def a_create(self, raw: bytes) -> None:
+        fault = self.fake.create_fault()
+        if fault == "error":
+            self._faulted(fault)
+            return
         reqs = json.loads(raw)["requests"]
         b = self.fake.new("anthropic", [(r["custom_id"], r["params"]) for r in reqs], reqs[0]["params"]["model"] if reqs else "")
-        self._send(200, self._a_batch(b))
+        if not self._faulted(fault):
+            self._send(200, self._a_batch(b))
 
     def _listed(self, provider: str) -> list[FakeBatch]:
         with self.fake.lock:
@@ -321,11 +339,16 @@ class _Handler(BaseHTTPRequestHandler):
                 "metadata": {"omniopd_job": b.tag}, "output_file_id": out_id, "error_file_id": err_id, "errors": None}
 
     def o_create(self, raw: bytes) -> None:
+        fault = self.fake.create_fault()
+        if fault == "error":
+            self._faulted(fault)
+            return
         req = json.loads(raw)
         lines = [json.loads(ln) for ln in self.fake.files[req["input_file_id"]].decode().splitlines() if ln.strip()]
         b = self.fake.new("openai", [(ln["custom_id"], ln["body"]) for ln in lines],
                           lines[0]["body"]["model"] if lines else "", (req.get("metadata") or {}).get("omniopd_job", ""))
-        self._send(200, self._o_batch(b))
+        if not self._faulted(fault):
+            self._send(200, self._o_batch(b))
 
     def o_get(self, raw: bytes, bid: str) -> None:
         b = self.fake.poll(bid)
@@ -399,11 +422,16 @@ class _Handler(BaseHTTPRequestHandler):
         return {"name": b.id, "metadata": meta, "done": b.state == "ended"}
 
     def g_create(self, raw: bytes, model: str) -> None:
+        fault = self.fake.create_fault()
+        if fault == "error":
+            self._faulted(fault)
+            return
         body = json.loads(raw)["batch"]
         reqs = body["inputConfig"]["requests"]["requests"]
         b = self.fake.new("gemini", [((r.get("metadata") or {}).get("custom_id", str(i)), r["request"]) for i, r in enumerate(reqs)],
                           model, body.get("displayName", ""))
-        self._send(200, self._g_job(b))
+        if not self._faulted(fault):
+            self._send(200, self._g_job(b))
 
     def g_get(self, raw: bytes, bid: str) -> None:
         b = self.fake.poll("batches/" + bid)

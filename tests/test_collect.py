@@ -336,3 +336,15 @@ def test_api_keys_are_never_logged_or_stored(tmp_path, data, provider, caplog):
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert canary.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.parametrize("provider", list(SPECS))
+@pytest.mark.parametrize("faults", [["error"], ["lost"], ["error", "lost"]])
+def test_a_failed_create_is_retried_only_if_the_provider_has_no_such_batch(tmp_path, data, provider, faults):
+    with FakeBatchServer(create_faults=faults) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True)
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        assert srv.created() == 1 and summary.missing == 0  # never created (nor paid for) twice
+        assert len(srv.requests("POST", r"batches$|batchGenerateContent$")) == 1 + faults.count("error")
+    with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+        assert ledger.samples == len(QUESTIONS) and ledger.spent == pytest.approx(summary.paid_usd)
