@@ -12,9 +12,11 @@ records that survive any crash:
   item, index), so storing again after a crash adds nothing.
 
 Order of one submission: reserve -> journal `planned` -> journal `submitting` -> create ->
-journal `submitted`. Resume: `planned` jobs were never sent (reservation released, job dropped);
-`submitting` jobs may have been (counted at their worst case, items planned again, a warning);
-`submitted` jobs are polled. A chunk whose worst case would pass the cap is split to what fits;
+journal `submitted`. The create call is attempted once; after a timeout, 429 or 5xx the batch is
+looked for at the provider by its tag (`BatchClient.find`) before another attempt. Resume:
+`planned` jobs were never sent (reservation released, job dropped); `submitting` jobs are looked
+for the same way (found: polled; not found: counted at their worst case, items planned again,
+a warning); `submitted` jobs are polled. A chunk whose worst case would pass the cap is split to what fits;
 what does not fit is refused, and `refused` says by how much it would have passed the cap.
 """
 
