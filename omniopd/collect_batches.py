@@ -220,7 +220,7 @@ class BatchCollector:
         self.journal.finish(job.job, outcomes, paid_usd=paid, live_usd=paid / BATCH_DISCOUNT, input_tokens=tin,
                             output_tokens=tout)
         bad = [r for r in results if r.status != "succeeded"]
-        line = (f"batch {job.batch_id}: ended ({raw}); {len(results) - len(bad)} of {len(results)} "
+        line = (f"batch {job.batch_id}: ended{'' if raw == 'ended' else f' ({raw})'}; {len(results) - len(bad)} of {len(results)} "
                 f"requests stored ({len(entries)} samples); paid ${paid:.6f} (live ${paid / BATCH_DISCOUNT:.6f})")
         if bad:
             kinds: dict[str, int] = {}
