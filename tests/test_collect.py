@@ -348,3 +348,17 @@ def test_a_failed_create_is_retried_only_if_the_provider_has_no_such_batch(tmp_p
         assert len(srv.requests("POST", r"batches$|batchGenerateContent$")) == 1 + faults.count("error")
     with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
         assert ledger.samples == len(QUESTIONS) and ledger.spent == pytest.approx(summary.paid_usd)
+
+
+def test_progress_line_has_the_providers_counts_and_an_eta(tmp_path):
+    from cache.batch_jobs import Job
+    from omniopd.collect_batches import BatchCollector
+    from providers.batch_base import BatchStatus
+
+    lines: list[str] = []
+    c = BatchCollector(client=None, journal=None, ledger=None, store=None, clock=lambda: 1000.0,  # type: ignore[arg-type]
+                       echo=lines.append)
+    job = Job("j", "openai", "openai:gpt-4o-mini", "batch_1", "submitted", 1, 0.1, 400.0, "", {}, 0, 0, 0, 0)
+    c._progress(job, BatchStatus("batch_1", "in_progress", "in_progress", done=30, total=120))
+    c._progress(job, BatchStatus("batch_1", "in_progress", "in_progress", done=30, total=120))  # unchanged: no line
+    assert lines == ["batch batch_1: in_progress 30/120, ETA 30 min"]  # 600 s for 30, so 1800 s for 90 more
