@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from cache.batch_jobs import BatchJournal, Job, JobItem
+from cache.batch_jobs import BatchJournal, Job, JobItem, request_to_json
 from cache.store import Entry, SampleStore
 from omniopd.collect_plan import PlannedItem
 from omniopd.errors import TeacherAuthError, TeacherCapabilityError, TeacherError, TeacherQuotaError
@@ -104,10 +104,9 @@ class BatchCollector:
     # --- submit ----------------------------------------------------------------------------------
     async def submit(self, planned: Sequence[PlannedItem]) -> Refusal | None:
         """Submit `planned` in chunks of the provider's size, each reserved first (see the module docstring)."""
-        size = min(self.client.max_items, self.max_items or self.client.max_items)
         rest = list(planned)
         while rest:
-            chunk, rest = rest[:size], rest[size:]
+            chunk, rest = self._chunk(rest)
             worst = [self.client.worst_case_usd(p.item) for p in chunk]
             headroom = self.ledger.headroom()
             if headroom is not None and sum(worst) > headroom:
@@ -123,6 +122,18 @@ class BatchCollector:
                 return refusal
             await self._submit_one(chunk, worst)
         return None
+
+    def _chunk(self, planned: list[PlannedItem]) -> tuple[list[PlannedItem], list[PlannedItem]]:
+        """The next batch: at most the provider's (or --batch-items) requests, and at most 80% of
+        its size limit (a request's JSON, twice over for the SDK's wrapping and the answer's room)."""
+        size = min(self.client.max_items, self.max_items or self.client.max_items)
+        budget, used, n = 0.8 * self.client.max_bytes, 0, 0
+        while n < min(size, len(planned)):
+            cost = 2 * len(request_to_json(planned[n].item.request)) + 256
+            if n and used + cost > budget:
+                break
+            used, n = used + cost, n + 1
+        return planned[:n], planned[n:]
 
     async def _submit_one(self, chunk: Sequence[PlannedItem], worst: Sequence[float]) -> None:
         job = uuid.uuid4().hex[:16]

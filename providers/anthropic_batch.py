@@ -22,6 +22,7 @@ _ENDED = {"ended": "ended", "canceling": "canceling"}
 class AnthropicBatchClient(BatchClientBase):
     provider = "anthropic"
     max_items = 100_000
+    max_bytes = 256_000_000
 
     def params(self, item: BatchItem) -> dict[str, Any]:
         """The Messages params of one item (pure; tests inspect it)."""

@@ -99,6 +99,7 @@ class BatchClient(Protocol):
     provider: str
     spec: str
     max_items: int  # requests per batch the API accepts
+    max_bytes: int  # size of a batch's requests the API accepts
     policy: Any  # the live teacher's `providers.retry.RetryPolicy`: attempts, backoff, deadline
 
     async def create(self, items: Sequence[BatchItem], tag: str) -> str: ...
@@ -123,6 +124,7 @@ class BatchClientBase:
 
     provider = ""
     max_items = 10_000
+    max_bytes = 20_000_000
 
     def __init__(self, teacher: Any) -> None:
         self.teacher = teacher  # the provider's ApiTeacher: bodies, parsing, caps, retry policy, key

@@ -5,7 +5,7 @@ by the live teacher's `build_request`, carrying its `custom_id` in the request's
 job's inline responses come back in request order with that metadata, and each parses as a live
 answer does (`GeminiTeacher.parse_response`). The job reports no per-request counts, only its
 state (pending, running, succeeded, failed, cancelled, expired). Inline requests suit batches up
-to about 20 MB; larger sets are split by the caller (`max_items`).
+to about 20 MB; larger sets are split by the caller (`max_items`, `max_bytes`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def _state(job: Any) -> str:
 class GeminiBatchClient(BatchClientBase):
     provider = "gemini"
     max_items = 2_000
+    max_bytes = 20_000_000
 
     def inlined(self, item: BatchItem) -> dict[str, Any]:
         """One inline request (pure; tests inspect it)."""

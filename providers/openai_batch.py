@@ -24,6 +24,7 @@ _ENDED = {"failed", "completed", "expired", "cancelled"}
 class OpenAIBatchClient(BatchClientBase):
     provider = "openai"
     max_items = 50_000
+    max_bytes = 200_000_000
 
     def line(self, item: BatchItem) -> dict[str, Any]:
         """One line of the input file (pure; tests inspect it)."""

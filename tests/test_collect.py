@@ -362,3 +362,14 @@ def test_progress_line_has_the_providers_counts_and_an_eta(tmp_path):
     c._progress(job, BatchStatus("batch_1", "in_progress", "in_progress", done=30, total=120))
     c._progress(job, BatchStatus("batch_1", "in_progress", "in_progress", done=30, total=120))  # unchanged: no line
     assert lines == ["batch batch_1: in_progress 30/120, ETA 30 min"]  # 600 s for 30, so 1800 s for 90 more
+
+
+def test_batches_are_split_to_the_providers_size_limit(tmp_path, data, monkeypatch):
+    from providers.openai_batch import OpenAIBatchClient
+
+    monkeypatch.setattr(OpenAIBatchClient, "max_bytes", 2_000)  # about two of these requests per batch
+    with FakeBatchServer() as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS["openai"], batch=True)
+        summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        sizes = sorted(len(b.items) for b in srv.batches.values())
+    assert summary.missing == 0 and sum(sizes) == len(QUESTIONS) and len(sizes) >= 3 and max(sizes) <= 3
