@@ -188,7 +188,7 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
             return summary
         if collector is not None:
             summary.finished = await _batch_rounds(collector, ccfg, plan, teacher, echo, summary)
-        if ccfg.live_fallback or client is None:
+        if (ccfg.live_fallback and summary.refused is None) or client is None:  # the cap stopped batches: not live either
             wants = plan() if summary.finished else []
             if wants:
                 await _buy_live(teacher, wants, store, ledger, ccfg, n, max_tokens, temperature, summary, echo)
