@@ -169,6 +169,7 @@ class LearnerConfig:
     num_epochs: float | None = knob(None, "passes over the prompts; when set it replaces --max-steps", flag="--num-epochs")
     gradient_accumulation_steps: int = knob(1, "micro-batches per optimizer step: each step's prompts_per_step * generations completions are split into this many (TRL's steps_per_generation)")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward to save memory (TRL/transformers gradient_checkpointing)")
+    max_tokens_per_microbatch: int | None = knob(None, "padded tokens per forward/backward micro-batch: a step's peak memory follows this, not the number of forks or appended rows; unset = 2048 on CPU, from the free memory on a GPU; 0 = the whole batch at once", flag="--max-tokens-per-microbatch")
     lr_scheduler: str = knob("constant", "learning-rate schedule (transformers' lr_scheduler_type)", choices=LR_SCHEDULERS)
     warmup_ratio: float = knob(0.0, "share of the run spent warming the learning rate up from 0, in [0, 1)")
     async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "
@@ -177,6 +178,9 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_epochs is None or self.num_epochs > 0, "learner.num_epochs", f"must be > 0; got {self.num_epochs}")
+        _check(self.max_tokens_per_microbatch is None or self.max_tokens_per_microbatch == 0
+               or self.max_tokens_per_microbatch >= 16, "learner.max_tokens_per_microbatch",
+               f"must be 0 (no limit) or >= 16 tokens; got {self.max_tokens_per_microbatch}")
         _check(self.gradient_accumulation_steps >= 1, "learner.gradient_accumulation_steps", f"must be >= 1; got {self.gradient_accumulation_steps}")
         _check_choice(self.lr_scheduler, "learner.lr_scheduler", LR_SCHEDULERS)
         _check(0 <= self.warmup_ratio < 1, "learner.warmup_ratio", f"must be in [0, 1); got {self.warmup_ratio}")
@@ -190,7 +194,7 @@ class LearnerConfig:
         _check(self.max_steps >= 1, "learner.max_steps", f"must be >= 1; got {self.max_steps}")
 
 
-METHOD_CHOICES = ("omniopd", "opd", "sg-opd", "tropd")
+METHOD_CHOICES = ("omniopd", "sft", "opd", "sg-opd", "tropd")
 DRIFT_GATE_CHOICES = ("off", "block", "newline")
 PIHAT_BASELINE_CHOICES = ("auto", "none", "group", "loo")
 
@@ -199,7 +203,10 @@ PIHAT_BASELINE_CHOICES = ("auto", "none", "group", "loo")
 class MethodConfig:
     """Which distillation method trains the student, and the knobs of each (README, section Methods)."""
 
-    name: str = knob("omniopd", "method: omniopd (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer)", flag="--method", choices=METHOD_CHOICES)
+    name: str = knob("omniopd", "method: omniopd or sft (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer)", flag="--method", choices=METHOD_CHOICES)
+    teacher_solutions: int = knob(1, "sft: whole teacher solutions bought per prompt and step", flag="--teacher-solutions")
+    sft_only_failures: bool = knob(False, "sft: sample the student first and buy only for prompts none of whose G samples the verifier passes; its correct samples are free targets (needs --answer-field)", flag="--sft-only-failures")
+    sft_negatives: float = knob(0.0, "sft: weight w of the student's verifier-wrong samples as negatives (advantage -w per token) beside the teacher's cross-entropy; 0 = off (needs --answer-field)", flag="--sft-negatives")
     drift_gate: str = knob("off", "blockwise policy-drift gate on the per-token loss: off, block (fixed blocks), newline (lines)", choices=DRIFT_GATE_CHOICES)
     gate_block_tokens: int = knob(64, "tokens per block of the drift gate (the paper: 64)")
     gate_tau: float = knob(1.0, "drift gate temperature tau in g = exp(-tau * |mean drift|) (the paper: 1)")
@@ -232,6 +239,12 @@ class MethodConfig:
             self.fork_imitation = 0.0 if self.paper_loss else 2.0
         _check_choice(self.name, "method.name", METHOD_CHOICES)
         _check_choice(self.drift_gate, "method.drift_gate", DRIFT_GATE_CHOICES)
+        _check(self.teacher_solutions >= 1, "method.teacher_solutions", f"must be >= 1; got {self.teacher_solutions}")
+        _check(self.sft_negatives >= 0, "method.sft_negatives", f"must be >= 0; got {self.sft_negatives}")
+        _check(self.name == "sft" or not (self.sft_only_failures or self.sft_negatives), "method.sft_*",
+               f"--sft-only-failures and --sft-negatives apply to --method sft; got --method {self.name}")
+        _check(self.name != "sft" or self.drift_gate == "off", "method.drift_gate",
+               "--method sft trains on whole solutions, not on drifting rollouts: drop --drift-gate")
         _check(self.gate_block_tokens >= 1, "method.gate_block_tokens", f"must be >= 1; got {self.gate_block_tokens}")
         _check(self.gate_tau >= 0, "method.gate_tau", f"must be >= 0; got {self.gate_tau}")
         _check(not self.verifier_gate or self.name == "omniopd", "method.verifier_gate",

@@ -49,6 +49,7 @@ from omniopd.errors import BudgetExceededError
 from omniopd.head import HeadRequest
 from omniopd.loss import omniopd_loss
 from omniopd.methods.drift_gate import DriftGate
+from omniopd.microbatch import combine_stats, microbatches, pad_rows_to_multiple
 from omniopd.methods.signals import MethodSignals, ScoredBatch
 from omniopd.pipeline import Pipeline
 from omniopd.recompute import rollouts_from_token_ids
@@ -77,7 +78,7 @@ class OmniOPDTrainer(GRPOTrainer):
     def __init__(self, *args, pipeline: Pipeline | None = None, kl_beta: float = 0.1, max_new_tokens: int = 256,
                  ref_model: torch.nn.Module | None = None, progress: bool = False, replay=None,
                  method: MethodSignals | None = None, drift_gate: DriftGate | None = None, async_steps: int = 0,
-                 **kwargs):
+                 microbatch_tokens: int | None = None, **kwargs):
         kwargs.setdefault("reward_funcs", chunk_weights_reward)
         model = kwargs.get("model", args[0] if args else None)
         if ref_model is None and kwargs.get("peft_config") is None and kl_beta > 0:
@@ -97,6 +98,7 @@ class OmniOPDTrainer(GRPOTrainer):
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.async_steps = async_steps
+        self.microbatch_tokens = microbatch_tokens  # padded tokens per forward/backward; None = the whole batch
         # started batches, oldest first: (global step when sampled, callable that finishes its scoring)
         self._ahead: collections.deque[tuple[int, Callable[[], ScoredBatch]]] = collections.deque()
         self._uses_peft = hasattr(self.model, "disable_adapter")
@@ -119,6 +121,16 @@ class OmniOPDTrainer(GRPOTrainer):
 
     # -- rollouts and audit -------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's batch dict for `inputs` (`_scored_batch`), padded for TRL's split into steps_per_generation
+        slices: TRL makes equal slices and drops a remainder, and a signal's appended rows make the row
+        count arbitrary, so empty rows are added until every real row lands in exactly one slice."""
+        out = self._scored_batch(inputs)
+        if self.model.training and self.args.steps_per_generation > 1:
+            out = pad_rows_to_multiple(out, self.args.steps_per_generation)
+        return out
+
+    def _scored_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rollouts (sampled, replayed or from vLLM), scored by the pipeline or the method's signals."""
         mode = "train" if self.model.training else "eval"
         prompts = [x["prompt"] for x in inputs]
         t0 = time.perf_counter()
@@ -169,6 +181,8 @@ class OmniOPDTrainer(GRPOTrainer):
             t_sample = time.perf_counter()
             if self.replay is not None:  # offline replay: the recorded rollouts, with their behaviour log-probs
                 rollouts = self.replay.rollouts(self.state.global_step // self.num_iterations)
+            elif self.method is not None and not self.method.needs_rollouts:
+                rollouts = None  # a signal that trains on teacher text alone (--method sft): nothing to sample
             elif self.use_vllm:
                 rollouts = self._vllm_rollouts(unwrapped, prompts)
             else:
@@ -216,10 +230,11 @@ class OmniOPDTrainer(GRPOTrainer):
         agree = self._ranks_agree_on_budget
         if self.method is not None:
             golds = [x.get("answer") for x in inputs]
+            prompts = [x["prompt"] for x in inputs]
             if self.async_steps == 0:
-                scored = agree(lambda: self.method.score(rollouts, golds, step, student))
+                scored = agree(lambda: self.method.score(rollouts, golds, step, student, prompts=prompts))
                 return lambda: scored
-            finish = self.method.start(rollouts, golds, step, student)
+            finish = self.method.start(rollouts, golds, step, student, prompts=prompts)
             return lambda: agree(lambda: finish(step=self.state.global_step))
         if self.async_steps == 0:
             audit = agree(lambda: self.pipeline.audit(rollouts, step=step))
@@ -259,10 +274,45 @@ class OmniOPDTrainer(GRPOTrainer):
         Replaces TRL's `_compute_loss` (whose policy term, with beta = 0 and loss_type "dapo",
         `omniopd_loss` reproduces) so that every input of the loss is explicit and nothing is
         carried between TRL's private methods.
+
+        The batch is forwarded in micro-batches of at most `microbatch_tokens` padded tokens
+        (`omniopd.microbatch`): every micro-batch but the last is backpropagated here, the last
+        one's loss is returned to TRL's `training_step`, which backpropagates it with the same
+        gradient-accumulation scale. The loss is a token sum over one normaliser, so the summed
+        gradients equal the one-batch gradient and peak memory follows the budget, not the
+        number of rows a signal appended.
         """
         if return_outputs:
             raise ValueError("OmniOPDTrainer does not return outputs from compute_loss")
         mode = "train" if self.model.training else "eval"
+        parts = microbatches(inputs, self.microbatch_tokens)
+        backward_here = len(parts) > 1 and torch.is_grad_enabled() and mode == "train"
+        if backward_here and self.is_deepspeed_enabled:
+            raise ValueError("DeepSpeed counts one backward per micro-step: set --max-tokens-per-microbatch 0 and "
+                             "bound memory with --gradient-accumulation-steps instead")
+        scale = self._accumulation_scale(num_items_in_batch)
+        done, collected, loss = None, [], None
+        for i, mb in enumerate(parts):
+            loss, stats, weights = self._microbatch_loss(model, mb, mode)
+            collected.append((stats, weights))
+            if backward_here and i < len(parts) - 1:
+                # local accumulation; the last micro-batch's backward (in TRL's training_step) syncs
+                with self.accelerator.no_sync(self.model_wrapped):
+                    self.accelerator.backward(loss * scale)
+                done = loss.detach() if done is None else done + loss.detach()
+        self._log_loss_stats(mode, combine_stats(collected))
+        self._metrics[mode]["omniopd/microbatches"].append(float(len(parts)))
+        return loss if done is None else loss + done
+
+    def _accumulation_scale(self, num_items_in_batch) -> float:
+        """The factor `Trainer.training_step` applies to the returned loss before its backward."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        return 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
+
+    def _microbatch_loss(self, model, inputs, mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """(loss, stats, weights) of one micro-batch; weights are the token counts mean stats are over."""
         mask = inputs["completion_mask"]
         terms = self._token_terms_B_T(model, inputs)
         logp = terms["logp"]
@@ -275,8 +325,20 @@ class OmniOPDTrainer(GRPOTrainer):
             logp, logp.detach() if old is None else old, inputs["advantages"], mask, inputs["audit_mask"],
             normaliser=self._token_normalizer(inputs, mode), beta=self.kl_beta, kl_B_T=terms.get("kl"),
             gate_B_T=gate, extra_B_T=extra, epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high)
-        self._log_loss_stats(mode, stats, terms, mask, gate, extra is not None, inputs)
-        return loss
+        valid = mask.bool()
+        n_valid = float(valid.sum())
+        zero = logp.new_zeros(())
+        ent = terms["entropy"]
+        stats["entropy"] = ent[valid].mean() if valid.any() else zero
+        if extra is None:
+            stats.pop("extra_loss")
+        if gate is not None:
+            drift = (logp.detach() - inputs["behaviour_logps"]).abs()
+            stats["drift_abs_mean"] = drift[valid].mean() if valid.any() else zero
+            stats["drift_gate_min"] = gate[valid].min() if valid.any() else logp.new_ones(())
+        weights = {"kl": float(stats["anchored_tokens"]), "clip_ratio": n_valid, "entropy": n_valid,
+                   "drift_abs_mean": n_valid}
+        return loss, stats, weights
 
     def _token_terms_B_T(self, model, inputs) -> dict[str, torch.Tensor]:
         """(B, T) log pi(y_t), entropy, KL(pi_ref || pi) on anchored tokens, log pi at a method's ids.
@@ -318,25 +380,20 @@ class OmniOPDTrainer(GRPOTrainer):
             hidden = self.omni_ref_model(input_ids=input_ids, attention_mask=attention_mask, omniopd_head=req)
         return (hidden, *_head_params(self.accelerator.unwrap_model(self.omni_ref_model)))
 
-    def _log_loss_stats(self, mode, stats, terms, mask, gate, has_extra: bool, inputs) -> None:
-        """Loss stats into TRL's metrics, each averaged over the processes (so every rank logs the same)."""
+    def _log_loss_stats(self, mode, stats: dict[str, torch.Tensor]) -> None:
+        """A step's loss stats (combined over its micro-batches) into TRL's metrics, each averaged
+        over the processes (so every rank logs the same)."""
         m = self._metrics[mode]
         mean = self._mean_over_processes
-        valid = mask.bool()
-        m["omniopd/chunk_loss"].append(mean(stats["chunk_loss"]))
-        m["omniopd/kl_loss"].append(mean(stats["kl_loss"]))
-        m["omniopd/kl"].append(mean(stats["kl"]))
-        m["omniopd/policy_loss"].append(mean(stats["policy_loss"]))
+        for name in ("chunk_loss", "kl_loss", "kl", "policy_loss"):
+            m[f"omniopd/{name}"].append(mean(stats[name]))
         m["clip_ratio/region_mean"].append(mean(stats["clip_ratio"]))
-        ent = terms["entropy"]
-        m["entropy"].append(mean(ent[valid].mean() if valid.any() else ent.new_zeros(())))
-        if has_extra:
+        m["entropy"].append(mean(stats["entropy"]))
+        if "extra_loss" in stats:
             m["omniopd/method_extra_loss"].append(mean(stats["extra_loss"]))
-        if gate is not None:
-            drift = (terms["logp"].detach() - inputs["behaviour_logps"]).abs()
-            zero, one = drift.new_zeros(()), drift.new_ones(())
-            m["omniopd/drift_abs_mean"].append(mean(drift[valid].mean() if valid.any() else zero))
-            m["omniopd/drift_gate_min"].append(-mean(-(gate[valid].min() if valid.any() else one), "max"))
+        if "drift_gate_min" in stats:
+            m["omniopd/drift_abs_mean"].append(mean(stats["drift_abs_mean"]))
+            m["omniopd/drift_gate_min"].append(-mean(-stats["drift_gate_min"], "max"))
 
     def _mean_over_processes(self, value: torch.Tensor, how: str = "mean") -> float:
         v = self.accelerator.gather(value.detach().float().reshape(1).to(self.accelerator.device))

@@ -16,6 +16,7 @@ import yaml
 
 PAPERS = {
     "omniopd": ("OmniOPD: Logit-Free On-Policy Distillation via Speculative Verification", "2606.01476"),
+    "sft": ("Sequence-Level Knowledge Distillation (SFT on teacher solutions)", "1606.07947"),
     "opd": ("On-Policy Distillation (Thinking Machines; GKD with lambda = 1)", None),
     "sg-opd": ("Sign-Gated On-Policy Distillation", "2606.09304"),
     "tropd": ("Trust-Region On-Policy Distillation", "2606.01249"),

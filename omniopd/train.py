@@ -174,6 +174,13 @@ class Parts:
     trainer: Any = None
     loop: Any = None  # the process's one event loop (omniopd.event_loop.process_loop), never closed per run
 
+    @property
+    def teacher_side(self) -> Any:
+        """What bought the run's teacher text (samples, spend): the OmniOPD pipeline or the SFT recipe."""
+        from omniopd.methods.sft import SolutionSFT
+
+        return self.method if isinstance(self.method, SolutionSFT) else self.pipeline
+
     def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close()
@@ -212,6 +219,8 @@ def run_train(cfg: TrainConfig, *, model=None, tokenizer=None, teacher=None, phi
         setup_teacher(parts, teacher, recorder)
         setup_pipeline(parts, phi, verifier)
         setup_trainer(parts, extra_callbacks or [], echo)
+        if is_main_process():  # what setup resolved (a replay's step count, the micro-batch budget)
+            parts.cfg.save_yaml(run_dir.path / "config.yaml")
         stopped = train(parts)
     finally:
         parts.close()
@@ -289,6 +298,8 @@ def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
                                lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder,
                                ledger=parts.ledger)
     parts.run_cache, parts.teacher, parts.recorder = run_cache, run_cache.teacher, run_cache.recorder
+    if run_cache.replay is not None and cfg.method.name == "sft":
+        return  # the replay teacher serves the recorded solutions to the same requests: nothing is resampled
     if run_cache.replay is not None:
         if cfg.method.name != "omniopd":
             raise ConfigError(f"--replay serves recorded teacher text, which --method {cfg.method.name} cannot use: "
@@ -324,6 +335,9 @@ def setup_pipeline(parts: Parts, phi=None, verifier=None) -> None:
                                   max_usd=cfg.teacher.max_usd, recorder=parts.recorder, progress=False,
                                   skip_missing=cfg.cache.replay is not None and not cfg.cache.strict_replay,
                                   loop=parts.loop)
+    if cfg.method.name == "sft":
+        parts.method, parts.drift_gate = build_sft(cfg, parts, verifier), None
+        return
     # white-box methods read the teacher model itself, not the cache in front of it
     parts.method, parts.drift_gate = build_method(cfg, parts.tokenizer, getattr(parts.teacher, "inner", None) or parts.teacher,
                                                   parts.pipeline, parts.rows, verifier, loop=parts.loop)
@@ -341,9 +355,10 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
 
         peft_config = LoraConfig(r=cfg.student.lora_r, lora_alpha=cfg.student.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    metrics = parts.metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=parts.pipeline, echo=echo,
+    side = parts.teacher_side
+    metrics = parts.metrics = MetricsLogger(parts.run_dir.path / "metrics.jsonl", pipeline=side, echo=echo,
                                             ledger=parts.ledger)
-    parts.budget = BudgetStop(parts.pipeline, cfg.teacher.max_usd)
+    parts.budget = BudgetStop(side, cfg.teacher.max_usd)
     completion_log = None
     if cfg.output.log_completions and parts.pipeline is not None:  # tables to report_to (omniopd/completion_log.py)
         from omniopd.completion_log import CompletionLog
@@ -351,9 +366,10 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         completion_log = CompletionLog(parts.tokenizer, parts.teacher, then=parts.pipeline.recorder,
                                        trim_slack=cfg.scorer.trim_slack)
         parts.pipeline.recorder = completion_log
+    args = grpo_args(cfg, parts.run_dir.path)
     parts.trainer = OmniOPDTrainer(
         model=parts.model,
-        args=grpo_args(cfg, parts.run_dir.path),
+        args=args,
         train_dataset=parts.rows,
         processing_class=parts.tokenizer,
         peft_config=peft_config,
@@ -366,10 +382,50 @@ def setup_trainer(parts: Parts, extra_callbacks: list, echo: bool = True) -> Non
         method=parts.method,
         drift_gate=parts.drift_gate,
         async_steps=cfg.learner.async_steps,
+        microbatch_tokens=step_memory_budget(parts, args.gradient_checkpointing),
     )
     if completion_log is not None:
         completion_log.attach(parts.trainer)
     quiet_console(parts.trainer, echo)
+
+
+def step_memory_budget(parts: Parts, checkpointing: bool) -> int | None:
+    """The learner's micro-batch budget (`--max-tokens-per-microbatch`; None = one batch), checked
+    against the memory available before step 1: a step estimated past it is reported with the
+    knobs that shrink it (omniopd/memory.py), instead of an out-of-memory kill mid-step."""
+    import torch
+
+    from omniopd.memory import (activation_bytes_per_token, available_bytes, default_microbatch_tokens,
+                                estimate_step_bytes, too_big_message)
+    from omniopd.teachers import parse_spec
+
+    cfg, model = parts.cfg, parts.model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    total = sum(p.numel() for p in model.parameters())
+    trainable = total if cfg.student.lora_r == 0 else max(1, total // 100)  # LoRA: adapters ~1 % of the weights
+    reference = total if cfg.student.lora_r == 0 and cfg.method.name == "omniopd" and cfg.learner.beta > 0 else 0
+    # an in-process teacher of unknown size is counted as the student's (the packaged default is the same model)
+    teacher = total if cfg.cache.replay is None and parse_spec(cfg.teacher.spec).kind == "local" else 0
+    per_token = activation_bytes_per_token(model.config, checkpointing=checkpointing)
+    avail = available_bytes(device)
+    budget = cfg.learner.max_tokens_per_microbatch
+    if budget is None:
+        budget = default_microbatch_tokens(device, model_states_bytes=16 * trainable + 4 * (total - trainable),
+                                           act_bytes_per_token=per_token, free_bytes=avail)
+    if budget == 0:  # no limit: the estimate is for the largest batch the defaults can build
+        S = cfg.student
+        rows = cfg.learner.prompts_per_step * S.generations * (1 + cfg.scheduler.chunks_per_completion)
+        planned = rows * 2 * S.max_new_tokens // cfg.learner.gradient_accumulation_steps
+    else:
+        planned = budget
+    est = estimate_step_bytes(trainable_params=trainable, total_params=total, reference_params=reference,
+                              teacher_params=teacher, microbatch_tokens=planned, act_bytes_per_token=per_token)
+    parts.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_tokens_per_microbatch=budget))
+    log.info("learner step: micro-batches of %s tokens, estimated peak %.1f GiB (%s available)",
+             budget or "unlimited", est.total / 2**30, "?" if avail is None else f"{avail / 2**30:.1f} GiB")
+    if avail is not None and est.total > avail:
+        log.warning("%s", too_big_message(est, avail, planned))
+    return budget or None
 
 
 def train(parts: Parts) -> str | None:
@@ -391,7 +447,7 @@ def train(parts: Parts) -> str | None:
 
 def finish(parts: Parts, stopped: str | None) -> TrainResult:
     """Save `final/` (model or LoRA adapter, and the tokenizer) unless the run stopped early."""
-    trainer, p = parts.trainer, parts.pipeline
+    trainer, p = parts.trainer, parts.teacher_side
     result = TrainResult(parts.run_dir.path, None, trainer.state.global_step, stopped,
                          p.teacher_samples_total if p else 0, parts.spent_usd if parts.ledger is not None else 0.0,
                          dict(p.samples_by_teacher) if p else {})
@@ -427,6 +483,28 @@ def save_final(parts: Parts, result: TrainResult) -> Path:
                      teacher_usd=result.teacher_usd, samples_by_teacher=result.samples_by_teacher, adapter=adapter,
                      prompts=len(parts.rows))
     return final_dir
+
+
+def build_sft(cfg: TrainConfig, parts: Parts, verifier=None):
+    """`--method sft` (omniopd/methods/sft.py): teacher solutions through the run's teacher stack."""
+    from omniopd.methods.sft import SolutionSFT
+
+    M, L = cfg.method, cfg.learner
+    if L.updates_per_batch > 1 or L.async_steps > 0:
+        raise ConfigError("--method sft trains on teacher solutions, not on the student's rollouts: "
+                          "--updates-per-batch and --async-steps do not apply (drop them)")
+    if M.sft_only_failures or M.sft_negatives > 0:
+        if not any(r.get("answer") for r in parts.rows):
+            raise ConfigError("--sft-only-failures and --sft-negatives verify the student's answers: "
+                              "set --answer-field (GSM8K: answer)")
+        if verifier is None:
+            from omniopd.methods.verifier import VERIFIERS
+
+            verifier = VERIFIERS[M.verifier]
+            verifier("0", "0")  # imports its backend now, so a missing dependency fails before training
+    return SolutionSFT(M, parts.tokenizer, teacher=parts.teacher, group_size=cfg.student.generations,
+                       max_new_tokens=cfg.student.max_new_tokens, teacher_temperature=cfg.teacher.temperature,
+                       verifier=verifier, recorder=parts.recorder, loop=parts.loop)
 
 
 def build_method(cfg: TrainConfig, tokenizer, teacher, pipeline, rows: list[dict[str, Any]], verifier=None, loop=None):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cache.episodes import load_episodes
 from cache.store import SampleStore
@@ -73,9 +74,13 @@ def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_to
     # The server is stopped. Replay retrains a fresh student from the recorded episodes alone.
     student = tiny_llama(tiny_tok, seed=0)
     before = [p.detach().clone() for p in student.parameters()]
-    result = run_train(cfg_for(tmp_path, "replayed", replay=str(tmp_path / "run")), model=student, tokenizer=tiny_tok, echo=False)
+    result = run_train(cfg_for(tmp_path, "replayed", max_steps=5, replay=str(tmp_path / "run")), model=student,
+                       tokenizer=tiny_tok, echo=False)
     assert len(server.log) == bought  # the stopped server saw not one request while replaying
     assert result.steps == 2 and result.teacher_usd == 0.0
+    # config.yaml records what the run used: the replay's 2 steps (not the 5 asked), the resolved budget
+    used = yaml.safe_load((tmp_path / "replayed" / "config.yaml").read_text())["learner"]
+    assert used["max_steps"] == 2 and used["max_tokens_per_microbatch"] == 2048
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))  # it learned
     replayed = dict(load_episodes(tmp_path / "replayed"))
     for step, ep in recorded.items():

@@ -100,7 +100,11 @@ class MethodSignals:
             close()
 
     # -- the step ---------------------------------------------------------------------------
-    def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> ScoredBatch:
+    needs_rollouts = True  # every method here scores the student's own rollouts
+
+    def score(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student, *,
+              prompts: Sequence[list[dict]] | None = None) -> ScoredBatch:
+        """Per-token advantages for `rollouts` (their own prompts; `prompts` is for signals that sample none)."""
         if self.method == "omniopd":
             return self._omniopd(rollouts, golds, step, student)
         if self.method == "opd":
@@ -113,7 +117,8 @@ class MethodSignals:
         out.metrics["teacher_scored_tokens"] = float(out.rollouts.completion_mask.sum())
         return out
 
-    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student) -> Callable[..., ScoredBatch]:
+    def start(self, rollouts: Rollouts, golds: Sequence[str | None], step: int, student, *,
+              prompts: Sequence[list[dict]] | None = None) -> Callable[..., ScoredBatch]:
         """Begin scoring a batch; the returned callable finishes it (`score` = `start(...)()`).
 
         OmniOPD's teacher requests go out now and are awaited when the callable runs (the learner's
