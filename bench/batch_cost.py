@@ -41,8 +41,8 @@ async def _fast(_: float) -> None:
 
 def usd_per_solution(spec: str, batch: bool, solutions: int, text: str, work: Path) -> tuple[float, int]:
     cfg = build_config(None, {"teacher.spec": spec, "data.path": "demo", "cache.path": str(work / "cache.sqlite"),
-                              "student.max_new_tokens": 400})
-    ccfg = CollectConfig(dir=str(work / "collect"), solutions=solutions, batch=batch, poll_s=0.01)
+                              "student.max_new_tokens": 400, "method.teacher_solutions": solutions})
+    ccfg = CollectConfig(dir=str(work / "collect"), batch=batch, poll_s=0.01)
     server = FakeBatchServer(responder=lambda *_: text) if batch else FakeProviderServer(responder=lambda *_: text)
     with server as srv:
         run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)

@@ -1,8 +1,8 @@
 """`omniopd collect`: buy teacher text for a dataset ahead of training, live or at half price.
 
-`--what solutions`: N whole teacher answers per prompt, requested exactly as the recipes that
-read solutions request them (`omniopd.solutions.solution_request` with `max_tokens =
---max-new-tokens` and `temperature = --teacher-temperature`, the defaults `--method sft` uses),
+`--what solutions`: `--teacher-solutions` whole teacher answers per prompt, requested exactly as
+`--method sft` requests them (`omniopd.solutions.solution_request` with `max_tokens =
+--max-new-tokens` and `temperature = --teacher-temperature`; the flags are the same),
 stored in the sample cache under the same keys: a later `omniopd train` finds them with no live
 request. Only the shortfall is bought (`omniopd/collect_plan.py`).
 
@@ -147,7 +147,8 @@ async def _collect(cfg: TrainConfig, ccfg: CollectConfig, *, env: Mapping[str, s
             f.close()
         raise
     summary = CollectSummary(prompts=len(prompts))
-    n, max_tokens, temperature = ccfg.solutions, cfg.student.max_new_tokens, cfg.teacher.temperature
+    # --method sft's request: --teacher-solutions answers of --max-new-tokens at --teacher-temperature
+    n, max_tokens, temperature = cfg.method.teacher_solutions, cfg.student.max_new_tokens, cfg.teacher.temperature
     identity = teacher.identity()
 
     def stored(keys: Any) -> dict[bytes, int]:

@@ -486,8 +486,7 @@ COLLECT_WHAT = ("solutions", "forks")
 class CollectConfig:
     """`omniopd collect`'s own knobs (the teacher, data, student and cache sections are `train`'s)."""
 
-    what: str = knob("solutions", "what to buy: solutions (N whole teacher answers per prompt, as --method sft buys them: same cache keys); forks (the --student's rollouts, its fork points and the teacher's continuations there, for `omniopd train --replay COLLECT_DIR/forks`)", choices=COLLECT_WHAT)
-    solutions: int = knob(1, "N: teacher solutions per prompt (stored ones count: only the shortfall is bought)")
+    what: str = knob("solutions", "what to buy: solutions (--teacher-solutions whole teacher answers per prompt, as --method sft buys them: same cache keys); forks (the --student's rollouts, its fork points and the teacher's continuations there, for `omniopd train --replay COLLECT_DIR/forks`)", choices=COLLECT_WHAT)
     batch: bool = knob(False, "buy through the provider's batch API at about half price (answers within 24 h; rerun to resume); live requests otherwise", flag="--batch")
     live_fallback: bool = knob(False, "--batch: buy items that errored or expired in a batch live, instead of in a new batch", flag="--live-fallback")
     dir: str = knob("runs/collect", "collect directory: the batch journal (batches.sqlite) and the spend ledger (spend.sqlite); rerun with the same one to resume", flag="--collect-dir")
@@ -501,7 +500,6 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.what, "collect.what", COLLECT_WHAT)
-        _check(self.solutions >= 1, "collect.solutions", f"must be >= 1; got {self.solutions}")
         _check(bool(self.dir), "collect.dir", "must not be empty")
         _check(self.batch_items is None or self.batch_items >= 1, "collect.batch_items", f"must be >= 1; got {self.batch_items}")
         _check(self.poll_s > 0, "collect.poll_s", f"must be > 0; got {self.poll_s}")

@@ -43,9 +43,10 @@ def data(tmp_path: Path) -> Path:
     return p
 
 
-def configs(tmp_path: Path, data: Path, spec: str, cap: float | None = None, **collect):
+def configs(tmp_path: Path, data: Path, spec: str, cap: float | None = None, solutions: int = 1, **collect):
     cfg = build_config(None, {"teacher.spec": spec, "data.path": str(data), "cache.path": str(tmp_path / "cache.sqlite"),
-                              "student.max_new_tokens": MAX_TOKENS, "teacher.max_usd": cap, "teacher.max_attempts": 2})
+                              "student.max_new_tokens": MAX_TOKENS, "teacher.max_usd": cap, "teacher.max_attempts": 2,
+                              "method.teacher_solutions": solutions})
     return cfg, CollectConfig(dir=str(tmp_path / "collect"), poll_s=0.01, **collect)
 
 
@@ -91,12 +92,12 @@ def test_batch_collect_fills_the_cache_a_live_sample_reads(tmp_path, data, provi
 def test_live_collect_buys_only_the_shortfall(tmp_path, data):
     with FakeProviderServer() as srv:
         cfg, ccfg = configs(tmp_path, data, SPECS["openai"], solutions=3)
+        cfg4, _ = configs(tmp_path, data, SPECS["openai"], solutions=4)
         summary = run_collect(cfg, ccfg, env=srv.env(), echo=lambda _: None)
         assert summary.missing == 0 and set(pools(tmp_path, cfg, srv.env()).values()) == {3}
         n = len(srv.log)
         assert n == len(QUESTIONS)  # n=3 in one request per prompt
-        ccfg4 = CollectConfig(dir=ccfg.dir, solutions=4)
-        run_collect(cfg, ccfg4, env=srv.env(), echo=lambda _: None)
+        run_collect(cfg4, ccfg, env=srv.env(), echo=lambda _: None)
         assert set(pools(tmp_path, cfg, srv.env()).values()) == {4}
         assert all(r.body.get("n", 1) == 1 for r in srv.log[n:])
         with SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
@@ -109,7 +110,7 @@ def test_cap_below_full_cost_stops_at_or_under_it(tmp_path, data, provider, monk
 
     with FakeBatchServer() as srv:
         cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True, solutions=2)
-        dry = run_collect(cfg, CollectConfig(dir=ccfg.dir, batch=True, solutions=2, dry_run=True), env=srv.env())
+        dry = run_collect(cfg, CollectConfig(dir=ccfg.dir, batch=True, dry_run=True), env=srv.env())
         full_worst = float(dry.table().split("worst case batched:")[1].split("$")[1].split()[0])
         assert srv.created() == 0 and "estimated cost live" in dry.table()
         cap = full_worst * 0.45
@@ -118,7 +119,7 @@ def test_cap_below_full_cost_stops_at_or_under_it(tmp_path, data, provider, monk
         # omniopd collect --what solutions --batch --max-teacher-usd C, with C below the full cost
         rc = main(["collect", "--what", "solutions", "--batch", "--max-teacher-usd", repr(cap), "--teacher", SPECS[provider],
                    "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"), "--max-new-tokens", str(MAX_TOKENS),
-                   "--solutions", "2", "--collect-dir", ccfg.dir, "--poll-seconds", "0.01"])
+                   "--teacher-solutions", "2", "--collect-dir", ccfg.dir, "--poll-seconds", "0.01"])
         out = capsys.readouterr().out
         assert rc == 3 and "would pass --max-teacher-usd" in out and "by $" in out
         with SpendLedger(Path(ccfg.dir) / LEDGER_FILE, cap) as ledger:
@@ -167,7 +168,7 @@ def test_a_missing_key_stops_before_anything_is_submitted(tmp_path, data):
 def _collect_cmd(tmp_path: Path, data: Path) -> list[str]:
     return [sys.executable, "-c", "import sys; from omniopd.cli import main; sys.exit(main(sys.argv[1:]))", "collect",
             "--teacher", SPECS["anthropic"], "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"),
-            "--max-new-tokens", str(MAX_TOKENS), "--batch", "--solutions", "2", "--batch-items", "5",
+            "--max-new-tokens", str(MAX_TOKENS), "--batch", "--teacher-solutions", "2", "--batch-items", "5",
             "--collect-dir", str(tmp_path / "collect"), "--poll-seconds", "0.05", "--max-teacher-usd", "1"]
 
 
@@ -267,7 +268,7 @@ def test_cli_dry_run_prints_live_and_batched_cost_and_buys_nothing(tmp_path, dat
         for k, v in srv.env().items():
             monkeypatch.setenv(k, v)
         rc = main(["collect", "--teacher", "gpt-4o-mini", "--data", str(data), "--cache", str(tmp_path / "c.sqlite"),
-                   "--batch", "--solutions", "3", "--dry-run", "--collect-dir", str(tmp_path / "collect")])
+                   "--batch", "--teacher-solutions", "3", "--dry-run", "--collect-dir", str(tmp_path / "collect")])
         out = capsys.readouterr().out
         assert rc == 0 and srv.created() == 0 and not srv.log
     assert "estimated cost live" in out and "estimated cost batched" in out and f"{3 * len(QUESTIONS)} samples" in out
@@ -306,11 +307,11 @@ def test_config_file_collect_section(tmp_path, data, capsys, monkeypatch):
 
     conf = tmp_path / "c.yaml"
     conf.write_text(yaml.safe_dump({"teacher": {"spec": SPECS["gemini"]}, "data": {"path": str(data)},
-                                    "collect": {"solutions": 5, "batch": True, "dry_run": True}}))
+                                    "method": {"teacher_solutions": 5}, "collect": {"batch": True, "dry_run": True}}))
     with FakeBatchServer() as srv:
         for k, v in srv.env().items():
             monkeypatch.setenv(k, v)
-        rc = main(["collect", "--config", str(conf), "--solutions", "3", "--cache", str(tmp_path / "c.sqlite"),
+        rc = main(["collect", "--config", str(conf), "--teacher-solutions", "3", "--cache", str(tmp_path / "c.sqlite"),
                    "--collect-dir", str(tmp_path / "collect")])
     out = capsys.readouterr().out
     assert rc == 0 and "3 solutions each" in out and "dry run" in out  # flag > file > default

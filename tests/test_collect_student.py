@@ -1,5 +1,7 @@
-"""`omniopd collect --what forks --student S`: the student's rollouts and the teacher's continuations at
-its forks, bought in a batch, then `omniopd train --replay COLLECT_DIR/forks` trains on them offline."""
+"""`omniopd collect` with a student in the loop, on a tiny student saved to disk: solutions collected in a
+batch are what `omniopd train --method sft` reads (no live request); `--only-failures` buys only where
+the student fails; `--what forks` buys the teacher's continuations at the student's forks, and
+`omniopd train --replay COLLECT_DIR/forks` trains on them offline."""
 
 from __future__ import annotations
 
@@ -91,3 +93,25 @@ def test_only_failures_buys_solutions_only_where_the_student_fails(tmp_path, stu
         n_judged = len(calls)
         assert main(argv) == 0  # a rerun reads the recorded verdicts: no sampling, nothing bought
         assert len(calls) == n_judged == 5 and srv.created() == 1  # 2 + 2 answers judged, 1 for the solved one
+
+
+def test_train_method_sft_on_collected_solutions_sends_no_live_request(tmp_path, student, monkeypatch, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    common = ["--teacher", "openai:gpt-4o-mini", "--data", str(data), "--cache", str(tmp_path / "cache.sqlite"),
+              "--teacher-solutions", "2", "--max-new-tokens", "16"]
+    with FakeBatchServer() as srv:  # it answers batch routes only: a live request would fail
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        assert main(["collect", "--batch", "--poll-seconds", "0.01", "--collect-dir", str(tmp_path / "collect"),
+                     *common]) == 0
+        assert srv.created() == 1
+        seen = len(srv.log)
+        run = tmp_path / "run"
+        assert main(["train", "--method", "sft", "--student", str(student), "--output", str(run), "--no-fallback",
+                     "--prompts-per-step", "2", "--generations", "2", "--max-steps", "1", "--learning-rate", "0.01",
+                     "--save-steps", "0", *common]) == 0
+        assert len(srv.log) == seen  # every solution came from the cache
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["teacher_samples"] == 2 * len(QUESTIONS) and row["sft_teacher_rows"] == 2 * len(QUESTIONS)
+    assert row["teacher_cost_usd_total"] == 0.0  # served from the cache: nothing paid in training
