@@ -61,7 +61,7 @@ class FakeBatchServer:
     def __init__(self, *, end_after_polls: int = 1, hold: bool = False,
                  outcome: Callable[[str, str], str] | None = None, expire_batches: bool = False,
                  responder: Callable[[str, Any, int], str | None] | None = None, live: Any = None,
-                 create_faults: list[str] | None = None) -> None:
+                 create_faults: list[str] | None = None, valid_keys: set[str] | None = None) -> None:
         self.end_after_polls = end_after_polls
         self.hold = hold
         self.outcome = outcome or (lambda provider, cid: "ok")
@@ -71,6 +71,7 @@ class FakeBatchServer:
         # consumed one per create call: "error" answers 500 and creates nothing; "lost" creates the
         # batch, then answers 500 (the response was lost: the client cannot know it exists)
         self.create_faults = list(create_faults or [])
+        self.valid_keys = valid_keys  # None: any key; else a request with another key gets a 401
         self.batches: dict[str, FakeBatch] = {}
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str]] = []
@@ -205,6 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._body() if method == "POST" else b""
         with self.fake.lock:
             self.fake.log.append((method, path))
+        if self.fake.valid_keys is not None and self._key() not in self.fake.valid_keys:
+            return self._send(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
         for pattern, handler in ROUTES.get(method, ()):
             m = re.fullmatch(pattern, path)
             if m:
@@ -230,6 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         conn.close()
+
+    def _key(self) -> str | None:
+        h = self.headers
+        auth = h.get("authorization") or ""
+        return h.get("x-api-key") or h.get("x-goog-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else None)
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")

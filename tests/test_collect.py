@@ -374,3 +374,14 @@ def test_batches_are_split_to_the_providers_size_limit(tmp_path, data, monkeypat
         summary = run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
         sizes = sorted(len(b.items) for b in srv.batches.values())
     assert summary.missing == 0 and sum(sizes) == len(QUESTIONS) and len(sizes) >= 3 and max(sizes) <= 3
+
+
+@pytest.mark.parametrize("provider", list(SPECS))
+def test_a_rejected_key_stops_before_anything_is_submitted_or_reserved(tmp_path, data, provider):
+    with FakeBatchServer(valid_keys={"the-right-key"}) as srv:
+        cfg, ccfg = configs(tmp_path, data, SPECS[provider], batch=True)
+        with pytest.raises(TeacherAuthError) as ei:
+            run_collect(cfg, ccfg, env=srv.env(), sleep=_fast, echo=lambda _: None)
+        assert srv.created() == 0 and ei.value.provider == provider and ei.value.status == 401
+    with BatchJournal(Path(ccfg.dir) / JOURNAL_FILE) as j, SpendLedger(Path(ccfg.dir) / LEDGER_FILE) as ledger:
+        assert j.jobs() == [] and ledger.in_flight == 0 and ledger.spent == 0
