@@ -18,6 +18,7 @@ from omniopd.errors import OmniOPDError
 # subcommand name -> module that implements it
 COMMANDS: dict[str, str] = {
     "train": "omniopd.cli_train",
+    "collect": "omniopd.cli_collect",
     "eval": "omniopd.cli_eval",
     "teacher": "omniopd.cli_teacher",
     "cache": "omniopd.cli_cache",

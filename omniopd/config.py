@@ -485,3 +485,46 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
     return data
+
+
+COLLECT_WHAT = ("solutions", "forks")
+
+
+@dataclass
+class CollectConfig:
+    """`omniopd collect`'s own knobs (the teacher, data, student and cache sections are `train`'s)."""
+
+    what: str = knob("solutions", "what to buy: solutions (--teacher-solutions whole teacher answers per prompt, as --method sft buys them: same cache keys); forks (the --student's rollouts, its fork points and the teacher's continuations there, for `omniopd train --replay COLLECT_DIR/forks`)", choices=COLLECT_WHAT)
+    batch: bool = knob(False, "buy through the provider's batch API at about half price (answers within 24 h; rerun to resume); live requests otherwise", flag="--batch")
+    live_fallback: bool = knob(False, "--batch: buy items that errored or expired in a batch live, instead of in a new batch", flag="--live-fallback")
+    dir: str = knob("runs/collect", "collect directory: the batch journal (batches.sqlite) and the spend ledger (spend.sqlite); rerun with the same one to resume", flag="--collect-dir")
+    batch_items: int | None = knob(None, "requests per batch at most; unset = the provider's limit", flag="--batch-items")
+    poll_s: float = knob(60.0, "seconds between status polls of open batches", flag="--poll-seconds")
+    only_failures: bool = knob(False, "solutions: sample the --student first (--generations answers per prompt) and buy only for prompts where none is correct (math verifier vs --answer-field)", flag="--only-failures")
+    retries: int = knob(1, "--batch: rounds of new batches for items that errored, expired or were canceled", flag="--batch-retries")
+    max_wait_s: float | None = knob(None, "stop polling after this many seconds (the batches keep running; rerun to collect them); unset = wait until they end", flag="--max-wait")
+    dry_run: bool = knob(False, "print what would be bought and its estimated cost, live and batched; buy nothing", flag="--dry-run")
+    cancel: bool = knob(False, "cancel the open batches of --collect-dir, store what they finished, and report what they cost", flag="--cancel")
+
+    def __post_init__(self) -> None:
+        _check_choice(self.what, "collect.what", COLLECT_WHAT)
+        _check(bool(self.dir), "collect.dir", "must not be empty")
+        _check(self.batch_items is None or self.batch_items >= 1, "collect.batch_items", f"must be >= 1; got {self.batch_items}")
+        _check(self.poll_s > 0, "collect.poll_s", f"must be > 0; got {self.poll_s}")
+        _check(self.retries >= 0, "collect.retries", f"must be >= 0; got {self.retries}")
+        _check(self.max_wait_s is None or self.max_wait_s >= 0, "collect.max_wait_s", f"must be >= 0; got {self.max_wait_s}")
+        _check(not self.live_fallback or self.batch, "collect.live_fallback", "only applies with --batch")
+        _check(not self.cancel or self.batch, "collect.cancel", "only applies with --batch")
+        _check(not self.only_failures or self.what == "solutions", "collect.only_failures", "only applies with --what solutions")
+
+
+def build_collect_config(values: dict[str, Any]) -> CollectConfig:
+    """A `CollectConfig` from a mapping (the `collect:` section of a file, then `collect.*` flags)."""
+    hints = typing.get_type_hints(CollectConfig)
+    known = {f.name for f in dataclasses.fields(CollectConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"collect.{key}: unknown key; known keys of collect: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(value, hints[key], f"collect.{key}")
+    return CollectConfig(**kwargs)

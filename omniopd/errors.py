@@ -25,7 +25,7 @@ mistake the user can fix. Anything else is a bug and keeps its traceback.
     └── ReplayError                         a recorded run cannot be replayed
 
 Errors carry their facts as attributes (`TeacherError.provider`, `.status`, `.retry_after_s`,
-`.request_id`; `BudgetExceededError.spent_usd`, `.cap_usd`, `.needed_usd`), not only in the
+`.request_id`, `.batch_id`; `BudgetExceededError.spent_usd`, `.cap_usd`, `.needed_usd`), not only in the
 message, and every error pickles with them (they cross process boundaries in multi-process
 runs and in `concurrent.futures`): the facts are keyword arguments with defaults and live in
 `__dict__`, which `BaseException.__reduce__` carries.
@@ -58,17 +58,19 @@ class TeacherError(OmniOPDError):
     """A teacher could not produce samples.
 
     `provider` (e.g. "anthropic"), `status` (the HTTP status, None for transport failures),
-    `retry_after_s` (the server's wait hint) and `request_id` (the provider's id of the failed
-    request, for a support ticket) are None when unknown.
+    `retry_after_s` (the server's wait hint), `request_id` (the provider's id of the failed
+    request, for a support ticket) and `batch_id` (the provider's batch, for `omniopd collect
+    --batch`) are None when unknown.
     """
 
     def __init__(self, message: str = "", *, provider: str | None = None, status: int | None = None,
-                 retry_after_s: float | None = None, request_id: str | None = None) -> None:
+                 retry_after_s: float | None = None, request_id: str | None = None, batch_id: str | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.retry_after_s = retry_after_s
         self.request_id = request_id
+        self.batch_id = batch_id
 
     @property
     def message(self) -> str:

@@ -117,8 +117,13 @@ class SpendLedger:
         self.recover()
 
     # --- money ----------------------------------------------------------------------------
-    def reserve(self, worst_case_usd: float, what: str = "") -> int:
-        """Hold `worst_case_usd` for one request; `BudgetExceededError` if the cap cannot cover it."""
+    def reserve(self, worst_case_usd: float, what: str = "", *, owner: str | None = None) -> int:
+        """Hold `worst_case_usd` for one request; `BudgetExceededError` if the cap cannot cover it.
+
+        `owner` (default: this process) names who settles it. A provider batch outlives the
+        process that submitted it, so `omniopd collect` reserves under `batch:<job>`, an owner no
+        process death can make `lost`: the run that resumes polling settles it from the usage.
+        """
         worst = max(0.0, float(worst_case_usd))
         with self._transaction() as conn:
             spent, held = self._get(conn, "spent_usd"), self._get(conn, "open_usd")
@@ -129,7 +134,7 @@ class SpendLedger:
                     "checkpoint — raise --max-teacher-usd and rerun with --resume to continue",
                     spent_usd=spent + held, cap_usd=self.cap_usd, needed_usd=worst)
             cur = conn.execute("INSERT INTO reservations (owner, created, worst_usd, state, what) VALUES (?, ?, ?, 'open', ?)",
-                               (self.owner, self.clock(), worst, what[:200]))
+                               (owner or self.owner, self.clock(), worst, what[:200]))
             self._add(conn, "open_usd", worst)
             return int(cur.lastrowid)
 
@@ -157,6 +162,13 @@ class SpendLedger:
                 return
             conn.execute("UPDATE reservations SET state = 'released', actual_usd = 0 WHERE id = ?", (rid,))
             self._add(conn, "open_usd", -worst)
+
+    def open_reservations(self, owner_prefix: str) -> dict[int, str]:
+        """Open reservations whose owner starts with `owner_prefix` (id -> owner)."""
+        with self._lock:
+            rows = self.conn.execute("SELECT id, owner FROM reservations WHERE state = 'open' AND substr(owner, 1, ?) = ?",
+                                     (len(owner_prefix), owner_prefix)).fetchall()
+        return {int(rid): owner for rid, owner in rows}
 
     def recover(self) -> int:
         """Count open reservations of dead processes at their worst case (`lost`); returns how many."""

@@ -68,7 +68,10 @@ class AnthropicTeacher(ApiTeacher):
     async def _call(self, request: TeacherRequest, split: SplitPrefix, k: int) -> CallResult:
         assert k == 1, "the Messages API returns one sample per request"
         body = self.build_body(request, split, cache=request.n > 1 and self._warm_cache_first(request, split))
-        resp = await self._client().messages.create(**body)
+        return self.parse_message(await self._client().messages.create(**body))
+
+    def parse_message(self, resp: Any) -> CallResult:
+        """A Messages API answer (live, or one result of a Message Batch) -> its `CallResult`."""
         text = "".join(getattr(b, "text", "") for b in (resp.content or []) if getattr(b, "type", "") == "text")
         u = resp.usage
         return CallResult(

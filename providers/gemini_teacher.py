@@ -67,6 +67,10 @@ class GeminiTeacher(ApiTeacher):
         contents, config = self.build_request(request, split, k)
         cfg = types.GenerateContentConfig(**config, automatic_function_calling={"disable": True})
         resp = await self._client().aio.models.generate_content(model=self.model, contents=contents, config=cfg)
+        return self.parse_response(resp)
+
+    def parse_response(self, resp: Any) -> CallResult:
+        """A generateContent answer (live, or one inlined response of a batch) -> its `CallResult`."""
         texts = []
         for cand in resp.candidates or []:
             parts = (cand.content.parts if cand.content else None) or []
