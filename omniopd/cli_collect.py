@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from omniopd.collect import run_collect
     from omniopd.config import build_collect_config
 
-    cfg = config_from_args(args, extra=("collect",))
     ccfg = build_collect_config(section_values(args, "collect"))
+    # forks are OmniOPD's: their requests follow its signal (samples, continuation length), as a train run's would
+    cfg = config_from_args(args, extra=("collect",), defaults={"method.name": "omniopd"} if ccfg.what == "forks" else None)
     with quiet_console():
         summary = run_collect(cfg, ccfg, echo=lambda line: print(line, flush=True))
     print(summary.table(), flush=True)

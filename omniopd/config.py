@@ -198,7 +198,10 @@ class LearnerConfig:
         _check(self.max_steps >= 1, "learner.max_steps", f"must be >= 1; got {self.max_steps}")
 
 
-METHOD_CHOICES = ("omniopd", "sft", "opd", "sg-opd", "tropd")
+METHOD_CHOICES = ("auto", "omniopd", "sft", "opd", "sg-opd", "tropd")
+# what `--method auto` (the default) resolves to: the recipe the lab measured best per teacher dollar
+# (bench/lab/RESULTS.md); --paper-loss resolves it to the paper's method instead
+DEFAULT_METHOD = "sft"
 DRIFT_GATE_CHOICES = ("off", "block", "newline")
 PIHAT_BASELINE_CHOICES = ("auto", "none", "group", "loo")
 
@@ -207,7 +210,7 @@ PIHAT_BASELINE_CHOICES = ("auto", "none", "group", "loo")
 class MethodConfig:
     """Which distillation method trains the student, and the knobs of each (README, section Methods)."""
 
-    name: str = knob("omniopd", "method: omniopd or sft (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer)", flag="--method", choices=METHOD_CHOICES)
+    name: str = knob("auto", "method: sft or omniopd (any teacher); opd, sg-opd, tropd (white-box teacher sharing the student's tokenizer); auto = sft, the most accuracy per teacher dollar the lab measured (omniopd with --paper-loss)", flag="--method", choices=METHOD_CHOICES)
     teacher_solutions: int = knob(1, "sft: whole teacher solutions bought per prompt and step", flag="--teacher-solutions")
     sft_only_failures: bool = knob(False, "sft: sample the student first and buy only for prompts none of whose G samples the verifier passes; its correct samples are free targets (needs --answer-field)", flag="--sft-only-failures")
     sft_negatives: float = knob(0.0, "sft: weight w of the student's verifier-wrong samples as negatives (advantage -w per token) beside the teacher's cross-entropy; 0 = off (needs --answer-field)", flag="--sft-negatives")
@@ -229,13 +232,15 @@ class MethodConfig:
     tropd_top_k: int = knob(64, "tropd: teacher top-k tokens in the outlier forward KL (the paper: 64)")
     tropd_guidance_share: float = knob(0.5, "tropd: initial share of a teacher completion given as prefix (cosine to 0; 0 disables guidance)")
     tropd_guidance_weight: float = knob(1e-3, "tropd: initial imitation weight on the teacher prefix (cosine to 0)")
-    paper_loss: bool = knob(False, "omniopd: the paper's signal: unset signal knobs take the paper's values (no pi_hat baseline, no fork imitation, phi embedding, N 10, 1.3 C-token continuations); README, Methods", flag="--paper-loss")
+    paper_loss: bool = knob(False, "the paper's method and loss: --method omniopd (unless another is named) and unset signal knobs take the paper's values (no pi_hat baseline, no fork imitation, phi embedding, N 10, 1.3 C-token continuations); README, Methods", flag="--paper-loss")
     pihat_baseline: str = knob("auto", "omniopd: chunk advantage; auto = loo (none with --paper-loss); pi_hat (none, the paper), minus the mean pi_hat of the prompt's G completions (group), or of its other completions (loo)", flag="--pihat-baseline", choices=PIHAT_BASELINE_CHOICES)
     fork_imitation: float | None = knob(None, "omniopd: weight w of cross-entropy on the teacher's own continuations at the student's forks (w/N_eff per sample token; 0 = off); unset = 2 (0 with --paper-loss)", flag="--fork-imitation")
     student_drafts: int = knob(0, "omniopd: K alternative student chunks per fork, ranked by phi against the teacher samples, trained with group-relative advantages (0 = off)", flag="--student-drafts")
     pihat_weight: float = knob(1.0, "omniopd: weight of the pi_hat chunk term (after its baseline); 1 = the paper's, 0 = fork imitation or drafts alone (pure black-box DAgger)", flag="--pihat-weight")
 
     def __post_init__(self) -> None:
+        if self.name == "auto":  # the measured default, or the paper's method one flag away
+            self.name = "omniopd" if self.paper_loss else DEFAULT_METHOD
         # unset signal knobs follow --paper-loss (the paper) or the default signal; explicit values win
         if self.pihat_baseline == "auto":
             self.pihat_baseline = "none" if self.paper_loss else "loo"

@@ -62,12 +62,18 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, cls: type, 
         group.add_argument(flag, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> TrainConfig:
-    """Resolve the config: defaults < --config file < flags given on the command line.
+def config_from_args(args: argparse.Namespace, extra: tuple[str, ...] = (),
+                     defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """Resolve the config: defaults < `defaults` (the caller's own, dotted) < --config file < flags.
 
     `extra` names sections the caller resolves itself (`collect`): they are left out here."""
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and k[4:].partition(".")[0] not in extra}
     file_values = load_config_file(args.config) if getattr(args, "config", None) else None
+    for dotted, value in (defaults or {}).items():
+        section, _, key = dotted.partition(".")
+        in_file = isinstance(file_values, dict) and key in (file_values.get(section) or {})
+        if dotted not in overrides and not in_file:
+            overrides[dotted] = value
     if file_values and extra and isinstance(file_values, dict):
         file_values = {k: v for k, v in file_values.items() if k not in extra}
     return build_config(file_values, overrides)

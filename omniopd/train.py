@@ -305,6 +305,10 @@ def setup_teacher(parts: Parts, teacher=None, recorder=None) -> None:
                                lambda: teacher if teacher is not None else build_teacher(cfg.teacher), recorder,
                                ledger=parts.ledger)
     parts.run_cache, parts.teacher, parts.recorder = run_cache, run_cache.teacher, run_cache.recorder
+    recorded = ((run_cache.replay.meta or {}).get("config") or {}).get("method", {}).get("name") if run_cache.replay else None
+    if recorded and (recorded == "sft") != (cfg.method.name == "sft"):
+        raise ConfigError(f"--replay {cfg.cache.replay}: that run trained with --method {recorded}; replay it with "
+                          f"--method {recorded} (its episodes hold {'teacher solutions' if recorded == 'sft' else 'forks'})")
     if run_cache.replay is not None and cfg.method.name == "sft":
         return  # the replay teacher serves the recorded solutions to the same requests: nothing is resampled
     if run_cache.replay is not None:

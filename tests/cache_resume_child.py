@@ -30,6 +30,7 @@ class HangAfterStep(TrainerCallback):
 def main() -> None:
     out, cache, url, resume, hang_at = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
     cfg = build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 24},
         "teacher": {"samples": 3},
         "scheduler": {"chunk_tokens": 6, "chunks_per_completion": 2},

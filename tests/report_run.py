@@ -40,6 +40,7 @@ class ReportMidRun(TrainerCallback):
 
 def run_config(out: Path, cache_file: Path, **extra) -> object:
     return build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 24},
         "teacher": {"spec": "claude-haiku", "samples": 3, "no_fallback": True, "rpm": 6000},
         "scheduler": {"chunk_tokens": 6, "chunks_per_completion": 2},

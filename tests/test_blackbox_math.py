@@ -143,7 +143,9 @@ def test_knobs_are_validated():
 
 def test_default_signal_and_paper_loss():
     """The default is the lab's best black-box arm; --paper-loss is the paper's signal; explicit knobs still win."""
-    d = build_config(None, {})
+    assert build_config(None, {}).method.name == "sft"  # the measured default recipe
+    assert build_config(None, {"method.paper_loss": True}).method.name == "omniopd"  # the paper, one flag away
+    d = build_config(None, {"method.name": "omniopd"})
     assert (d.method.pihat_baseline, d.method.fork_imitation, d.method.student_drafts) == ("loo", 2.0, 0)
     assert (d.scorer.similarity, d.teacher.samples, d.teacher.token_factor) == ("numbers", 1, 4.0)
     p = build_config(None, {"method.paper_loss": True})

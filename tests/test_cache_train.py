@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cfg_for(tmp_path, out: str, max_steps: int = 2, chunk_tokens: int = 6, **cache):
     return build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 24},
         "teacher": {"spec": "claude-haiku", "samples": 3, "no_fallback": True, "rpm": 6000},
         "scheduler": {"chunk_tokens": chunk_tokens, "chunks_per_completion": 2},

@@ -21,7 +21,7 @@ def tiny_dirs(tmp_path, tiny_tok):
 
 
 def _argv(student, teacher, out, *extra):
-    return ["train", "--student", str(student), "--teacher", f"local:{teacher}", "--output", str(out),
+    return ["train", "--method", "omniopd", "--student", str(student), "--teacher", f"local:{teacher}", "--output", str(out),
             "--similarity", "edit", "--generations", "2", "--prompts-per-step", "1", "--max-new-tokens", "20",
             "--chunk-tokens", "5", "--chunks-per-completion", "2", "--teacher-samples", "2", "--seed", "1",
             "--learning-rate", "0.01", *extra]

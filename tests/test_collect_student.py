@@ -51,7 +51,7 @@ def test_forks_collected_then_replayed_with_no_teacher(tmp_path, student, monkey
         assert len(srv.log) == bought
 
         run = tmp_path / "run"
-        rc = main(["train", "--replay", str(tmp_path / "collect" / "forks"), "--student", str(student),
+        rc = main(["train", "--method", "omniopd", "--replay", str(tmp_path / "collect" / "forks"), "--student", str(student),
                    "--teacher", "openai:gpt-4o-mini", "--output", str(run), "--similarity", "edit", "--max-steps", "2",
                    "--learning-rate", "0.01", *SHAPE])
         assert rc == 0 and len(srv.log) == bought  # replay: no request reached any API

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from omniopd.config import TrainConfig, build_config
+from omniopd.config import build_config
 from omniopd.memory import activation_bytes_per_token
 from omniopd.train import run_train
 from providers.local import LocalTeacher
@@ -53,9 +53,10 @@ def test_default_shapes_train_one_step_under_a_memory_bound(tmp_path, tiny_tok):
     qs = ["Tom has 3 apples and buys 5 more. How many?", "Add 7 and 5, then multiply by 3.",
           "The train travels 60 miles per hour for 3 hours.", "Natalia sold 48 clips in April."]
     data.write_text("\n".join(json.dumps({"question": q}) for q in qs))
-    cfg = build_config(None, {"data.path": str(data), "learner.max_steps": 1, "output.dir": str(tmp_path / "run"),
+    # the OmniOPD signal's shapes (the default recipe, sft, buys one solution per prompt: no forks to grow)
+    cfg = build_config(None, {"method.name": "omniopd", "data.path": str(data), "learner.max_steps": 1, "output.dir": str(tmp_path / "run"),
                               "output.save_steps": 0})
-    d = TrainConfig()  # the embedded defaults this test is about
+    d = build_config(None, {"method.name": "omniopd"})  # the embedded defaults this test is about
     assert (cfg.student.generations, cfg.learner.prompts_per_step, cfg.student.max_new_tokens) == \
         (d.student.generations, d.learner.prompts_per_step, d.student.max_new_tokens)
     assert cfg.method.fork_imitation == d.method.fork_imitation > 0

@@ -22,6 +22,7 @@ class ListRecorder:
 
 def _cfg(tmp_path, name, **learner):
     return build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 24},
         "scheduler": {"chunk_tokens": 6, "chunks_per_completion": 2},
         "teacher": {"samples": 3},
@@ -104,6 +105,7 @@ def test_exact_kl_is_zero_for_identical_and_positive_otherwise():
 
 def test_lora_uses_the_disabled_adapter_as_reference(tmp_path, tiny_tok):
     cfg = build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 20, "lora_r": 4, "lora_alpha": 8},
         "scheduler": {"chunk_tokens": 5, "chunks_per_completion": 2},
         "teacher": {"samples": 2},

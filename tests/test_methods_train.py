@@ -211,7 +211,8 @@ def test_drift_gate_on_offline_replay_compares_with_the_recorded_behaviour(tmp_p
     data.write_text("\n".join(json.dumps({"question": q}) for q in ["Tom has 3 apples.", "Add 7 and 5."]))
 
     def cfg(out, **extra):
-        return build_config(None, {"data.path": str(data), "student.max_new_tokens": 12, "student.generations": 2,
+        return build_config(None, {"method.name": "omniopd", "data.path": str(data), "student.max_new_tokens": 12,
+                                   "student.generations": 2,
                                    "learner.prompts_per_step": 2, "learner.max_steps": 1, "learner.seed": 0,
                                    "scheduler.chunk_tokens": 4, "scheduler.chunks_per_completion": 2,
                                    "teacher.samples": 2, "scorer.similarity": "edit", "output.dir": str(tmp_path / out),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _overrides(tmp_path: Path, name: str, **extra) -> dict:
-    return {"student.generations": 2, "student.max_new_tokens": 12, "scheduler.chunk_tokens": 4,
+    return {"method.name": "omniopd", "student.generations": 2, "student.max_new_tokens": 12, "scheduler.chunk_tokens": 4,
             "scheduler.chunks_per_completion": 2, "teacher.samples": 2, "scorer.similarity": "edit",
             "learner.max_steps": 2, "learner.learning_rate": 5e-3, "learner.prompts_per_step": 2, "learner.seed": 0,
             "output.dir": str(tmp_path / name), "output.save_steps": 100, "cache.path": str(tmp_path / "teacher.sqlite"),

@@ -97,7 +97,7 @@ def test_sft_replays_offline_from_the_recorded_solutions(tmp_path, tiny_tok, mon
 
 def test_sft_refuses_what_does_not_apply(tmp_path):
     with pytest.raises(Exception, match="apply to --method sft"):
-        build_config(None, {"method.sft_negatives": 0.5})
+        build_config(None, {"method.name": "omniopd", "method.sft_negatives": 0.5})
 
 
 def test_eval_every_writes_accuracy_against_dollars_and_the_report_plots_it(tmp_path, tiny_tok):

@@ -130,6 +130,7 @@ def test_a_request_over_the_headroom_is_never_sent(tmp_path, fake_server):
 
 def _train_cfg(out, cap, resume):
     return build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 20},
         "scheduler": {"chunk_tokens": 6, "chunks_per_completion": 2},
         "teacher": {"spec": "claude-haiku", "samples": 2, "no_fallback": True, "max_usd": cap},

@@ -23,7 +23,7 @@ def test_train_with_claude_haiku_over_the_wire(tmp_path, tiny_tok, monkeypatch, 
     tiny_tok.save_pretrained(student_dir)
     fake_server.push(Fault("rate_limit", retry_after_ms=50, route="anthropic"))  # retried, not lost
     out = tmp_path / "run"
-    rc = main(["train", "--teacher", "claude-haiku", "--no-fallback", "--student", str(student_dir),
+    rc = main(["train", "--method", "omniopd", "--teacher", "claude-haiku", "--no-fallback", "--student", str(student_dir),
                "--similarity", "edit", "--teacher-samples", "2", "--chunk-tokens", "6", "--chunks-per-completion", "2",
                "--generations", "2", "--max-new-tokens", "20", "--prompts-per-step", "2", "--max-steps", "2",
                "--save-steps", "100", "--teacher-rpm", "6000", "--output", str(out)])
@@ -42,6 +42,7 @@ def test_train_with_claude_haiku_over_the_wire(tmp_path, tiny_tok, monkeypatch, 
 def test_max_teacher_usd_stops_cleanly_with_a_checkpoint(tmp_path, tiny_tok, monkeypatch, fake_server):
     _point_sdks_at(monkeypatch, fake_server)
     cfg = build_config({
+        "method": {"name": "omniopd"},
         "student": {"generations": 2, "max_new_tokens": 20},
         "scheduler": {"chunk_tokens": 6, "chunks_per_completion": 2},
         "teacher": {"spec": "claude-haiku", "samples": 2, "no_fallback": True, "max_usd": 1e-6},
@@ -66,7 +67,7 @@ def test_fallback_is_counted_per_teacher_in_metrics_and_summary(tmp_path, tiny_t
         tiny_llama(tiny_tok, seed=seed).save_pretrained(dirs[name])
         tiny_tok.save_pretrained(dirs[name])
     out = tmp_path / "run"
-    rc = main(["train", "--teacher", "claude-haiku", "--fallback-teacher", f"local:{dirs['teacher']}",
+    rc = main(["train", "--method", "omniopd", "--teacher", "claude-haiku", "--fallback-teacher", f"local:{dirs['teacher']}",
                "--student", str(dirs["student"]), "--similarity", "edit", "--teacher-samples", "2", "--chunk-tokens", "6",
                "--chunks-per-completion", "2", "--generations", "2", "--max-new-tokens", "20", "--prompts-per-step", "1",
                "--max-steps", "1", "--save-steps", "100", "--cache-mode", "off", "--output", str(out)])
@@ -98,7 +99,7 @@ def test_resuming_a_finished_run_does_nothing_and_a_larger_max_steps_continues(t
     tiny_llama(tiny_tok, seed=0).save_pretrained(student_dir)
     tiny_tok.save_pretrained(student_dir)
     out = tmp_path / "run"
-    argv = ["train", "--teacher", "claude-haiku", "--no-fallback", "--student", str(student_dir), "--similarity", "edit",
+    argv = ["train", "--method", "omniopd", "--teacher", "claude-haiku", "--no-fallback", "--student", str(student_dir), "--similarity", "edit",
             "--teacher-samples", "2", "--chunk-tokens", "6", "--chunks-per-completion", "2", "--generations", "2",
             "--max-new-tokens", "20", "--prompts-per-step", "1", "--cache-mode", "off", "--teacher-rpm", "6000",
             "--output", str(out)]
