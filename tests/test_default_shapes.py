@@ -32,21 +32,6 @@ def _kib(field: str) -> int:
     raise RuntimeError(field)
 
 
-def _student(tok):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
-
-
 @pytest.mark.slow
 def test_default_shapes_train_one_step_under_a_memory_bound(tmp_path, tiny_tok):
     data = tmp_path / "d.jsonl"
@@ -61,7 +46,7 @@ def test_default_shapes_train_one_step_under_a_memory_bound(tmp_path, tiny_tok):
         (d.student.generations, d.learner.prompts_per_step, d.student.max_new_tokens)
     assert cfg.method.fork_imitation == d.method.fork_imitation > 0
     # wide enough that activations dominate: ~0.4 MB a token, so a one-batch step would need > 2 GiB
-    student = _student(tiny_tok)
+    student = tiny_llama(tiny_tok, hidden=512, layers=6, intermediate=2048, heads=8)
     teacher = LocalTeacher(tiny_llama(tiny_tok, hidden=64, seed=1), tiny_tok, spec="local:tiny-teacher")
     per_token = activation_bytes_per_token(student.config)
     Path("/proc/self/clear_refs").write_text("5")

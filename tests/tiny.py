@@ -32,10 +32,12 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_llama(tok: PreTrainedTokenizerFast, hidden: int = 32, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(tok: PreTrainedTokenizerFast, hidden: int = 32, layers: int = 2, seed: int = 0,
+               intermediate: int | None = None, heads: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                      max_position_embeddings=1024,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg)
