@@ -131,13 +131,13 @@ class SchedulerConfig:
     chunk_tokens: int = knob(50, "C: tokens per audited chunk (the paper: 50)")
     chunks_per_completion: int = knob(10, "M: audited chunks per completion at most (the paper: 10)")
     batch_budget: int | None = knob(None, "audited chunks per step across the batch at most (highest entropy first)")
-    selection: str = knob("entropy", "where chunks start: entropy peaks (the paper) or uniform spacing (ablation)", choices=("entropy", "uniform"))
+    selection: str = knob("entropy", "where chunks start: entropy peaks (the paper), uniform spacing (ablation), or early (back to back from the answer's start, within its first 30 %)", choices=("entropy", "uniform", "early"))
 
     def __post_init__(self) -> None:
         _check(self.chunk_tokens >= 1, "scheduler.chunk_tokens", f"must be >= 1; got {self.chunk_tokens}")
         _check(self.chunks_per_completion >= 1, "scheduler.chunks_per_completion", f"must be >= 1; got {self.chunks_per_completion}")
         _check(self.batch_budget is None or self.batch_budget >= 1, "scheduler.batch_budget", f"must be >= 1; got {self.batch_budget}")
-        _check_choice(self.selection, "scheduler.selection", ("entropy", "uniform"))
+        _check_choice(self.selection, "scheduler.selection", ("entropy", "uniform", "early"))
 
 
 SIMILARITY_CHOICES = ("auto", "embedding", "edit", "rouge1", "numbers", "token_f1")

@@ -4,6 +4,6 @@ Pure tensor functions (`peak_starts_T`, `uniform_starts`, `chunk_starts_B`) plus
 policy object `ForkScheduler`. No models, no network.
 """
 
-from scheduler.forks import ForkScheduler, chunk_starts_B, peak_starts_T, uniform_starts
+from scheduler.forks import ForkScheduler, chunk_starts_B, early_starts, peak_starts_T, uniform_starts
 
-__all__ = ["ForkScheduler", "chunk_starts_B", "peak_starts_T", "uniform_starts"]
+__all__ = ["ForkScheduler", "chunk_starts_B", "early_starts", "peak_starts_T", "uniform_starts"]

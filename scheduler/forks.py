@@ -39,6 +39,23 @@ def peak_starts_T(entropy_T: torch.Tensor, length: int, chunk: int, max_chunks: 
     return sorted(accepted)
 
 
+EARLY_SHARE = 0.3  # 2026 OPD studies find most of the on-policy signal in the first ~30 % of the answer
+
+
+def early_starts(length: int, chunk: int, max_chunks: int, share: float = EARLY_SHARE) -> list[int]:
+    """Forks by position: back-to-back chunks from the start of the answer, within its first
+    `share` (at least one chunk when the completion holds one), at most `max_chunks`.
+
+    Position predicts where a teacher's token is reliable far better than the student's
+    entropy does (AUROC 0.83 vs <= 0.57 in the 2026 OPD studies), and an early mistake is the
+    one that compounds; this is the scheduler to compare with entropy peaks at equal cost.
+    """
+    if length < chunk or max_chunks <= 0:
+        return []
+    k = min(max_chunks, max(1, int(share * length) // chunk))
+    return [i * chunk for i in range(k)]
+
+
 def uniform_starts(length: int, chunk: int, max_chunks: int) -> list[int]:
     """The ablation: min(M, length // C) chunks spread evenly over the completion.
 
@@ -71,8 +88,10 @@ def chunk_starts_B(
         starts = [peak_starts_T(entropy_B_T[b], lengths[b], chunk, max_chunks) for b in range(len(lengths))]
     elif selection == "uniform":
         starts = [uniform_starts(lengths[b], chunk, max_chunks) for b in range(len(lengths))]
+    elif selection == "early":
+        starts = [early_starts(lengths[b], chunk, max_chunks) for b in range(len(lengths))]
     else:
-        raise ValueError(f"unknown selection {selection!r}; use 'entropy' or 'uniform'")
+        raise ValueError(f"unknown selection {selection!r}; use 'entropy', 'uniform' or 'early'")
     if batch_budget is not None:
         flat = [(float(entropy_B_T[b, s]), b, s) for b, ss in enumerate(starts) for s in ss]
         if len(flat) > batch_budget:
@@ -94,7 +113,7 @@ class ForkScheduler:
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.chunks_per_completion < 1:
             raise ValueError("chunk_tokens and chunks_per_completion must be >= 1")
-        if self.selection not in ("entropy", "uniform"):
+        if self.selection not in ("entropy", "uniform", "early"):
             raise ValueError(f"unknown selection {self.selection!r}")
 
     def select(self, entropy_B_T: torch.Tensor, lengths_B: list[int] | torch.Tensor) -> list[list[int]]:

@@ -60,3 +60,14 @@ def test_policy_object_and_validation():
     assert ForkScheduler(2, 5, selection="uniform").select(e, [4]) == [[0, 2]]
     with pytest.raises(ValueError):
         ForkScheduler(chunk_tokens=0)
+
+
+def test_early_forks_sit_back_to_back_in_the_first_30_percent():
+    from scheduler import early_starts
+
+    assert early_starts(200, 20, 10) == [0, 20, 40]  # 30 % of 200 = 60 tokens -> 3 chunks of 20
+    assert early_starts(50, 20, 10) == [0]  # fewer than one chunk in the first 30 %: still one
+    assert early_starts(200, 20, 2) == [0, 20]  # at most M
+    assert early_starts(10, 20, 10) == []  # shorter than a chunk
+    H = torch.zeros(2, 200)
+    assert chunk_starts_B(H, [200, 50], 20, 10, selection="early") == [[0, 20, 40], [0]]
