@@ -69,7 +69,10 @@ def quiet_console():
 def run(args: argparse.Namespace) -> int:
     from omniopd.train import run_train, summarize
 
+    from omniopd.memory import return_freed_memory_to_the_os
+
     cfg = config_from_args(args)
+    return_freed_memory_to_the_os()  # the step's peak is what it holds, not glibc's fragmented heap
     with quiet_console():
         result = run_train(cfg)
     print(summarize(result))

@@ -173,7 +173,7 @@ class LearnerConfig:
     num_epochs: float | None = knob(None, "passes over the prompts; when set it replaces --max-steps", flag="--num-epochs")
     gradient_accumulation_steps: int = knob(1, "micro-batches per optimizer step: each step's prompts_per_step * generations completions are split into this many (TRL's steps_per_generation)")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward to save memory (TRL/transformers gradient_checkpointing)")
-    max_tokens_per_microbatch: int | None = knob(None, "padded tokens per forward/backward micro-batch: a step's peak memory follows this, not the number of forks or appended rows; unset = 2048 on CPU, from the free memory on a GPU; 0 = the whole batch at once", flag="--max-tokens-per-microbatch")
+    max_tokens_per_microbatch: int | None = knob(None, "padded tokens per forward/backward micro-batch: a step's peak memory follows this, not the number of forks or appended rows; unset = 1024 on CPU, from the free memory on a GPU; 0 = the whole batch at once", flag="--max-tokens-per-microbatch")
     lr_scheduler: str = knob("constant", "learning-rate schedule (transformers' lr_scheduler_type)", choices=LR_SCHEDULERS)
     warmup_ratio: float = knob(0.0, "share of the run spent warming the learning rate up from 0, in [0, 1)")
     async_steps: int = knob(0, "rollouts generated this many steps ahead while the teacher answers (0: on-policy order; "

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CPU_MICROBATCH_TOKENS = 2048  # measured: SmolLM2-135M, one step peaks at ~5.8 GiB RSS (bench/step_memory.py)
+# SmolLM2-135M keeps ~2 MB of activations a token: 1024 tokens add ~1.8 GiB to the ~3.3 GiB of
+# model states of a full-weight run with a local teacher (bench/step_memory.py, README "memory")
+CPU_MICROBATCH_TOKENS = 1024
 MIN_MICROBATCH_TOKENS = 512
 HEAD_TILE_BYTES = 4 * 64 * 2**20  # a few (slice, V) fp32 tiles of omniopd.head alive at once
 GPU_ACTIVATION_SHARE = 0.5  # of the memory left after the model states, for one micro-batch's activations
@@ -109,3 +111,28 @@ def too_big_message(est: StepMemory, avail: int, budget: int) -> str:
             "no reference copy), or --beta 0 (no reference copy). Fewer forks or rows do not change the peak: "
             "they only change the number of micro-batches.")
 
+
+
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def return_freed_memory_to_the_os() -> bool:
+    """Make glibc serve every allocation of 1 MiB or more with its own mmap (`mallopt`).
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+    after which a step's activation tensors come from the heap, where freed space fragments and
+    is not returned: on SmolLM2 a second step's resident peak stood ~1.5 GiB above the first's
+    for the same tensors. A fixed threshold returns each freed tensor to the kernel at once, so
+    the peak is what the step holds. No effect (False) where libc is not glibc. Called once by
+    `omniopd train` (a process-wide setting, never at import).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

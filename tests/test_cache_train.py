@@ -23,6 +23,7 @@ from cache.episodes import load_episodes
 from cache.store import SampleStore
 from omniopd.config import build_config
 from omniopd.errors import ReplayError
+from omniopd.memory import CPU_MICROBATCH_TOKENS
 from omniopd.train import run_train
 from omniopd import teachers as registry
 from tests.fake_providers import FakeProviderServer
@@ -81,7 +82,7 @@ def test_two_steps_then_offline_replay_with_the_server_stopped(tmp_path, tiny_to
     assert result.steps == 2 and result.teacher_usd == 0.0
     # config.yaml records what the run used: the replay's 2 steps (not the 5 asked), the resolved budget
     used = yaml.safe_load((tmp_path / "replayed" / "config.yaml").read_text())["learner"]
-    assert used["max_steps"] == 2 and used["max_tokens_per_microbatch"] == 2048
+    assert used["max_steps"] == 2 and used["max_tokens_per_microbatch"] == CPU_MICROBATCH_TOKENS
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))  # it learned
     replayed = dict(load_episodes(tmp_path / "replayed"))
     for step, ep in recorded.items():
