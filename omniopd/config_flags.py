@@ -50,7 +50,8 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, cls: type, 
         base, optional = field_base_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f"cfg:{section}.{f.name}", "default": argparse.SUPPRESS}
         default_text = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
-        kwargs["help"] = f.metadata.get("help", "") + default_text
+        # argparse %-formats help text: a literal percent sign in a knob's help must be doubled
+        kwargs["help"] = (f.metadata.get("help", "") + default_text).replace("%", "%%")
         if base is bool:
             kwargs["action"] = "store_true"
         else:
