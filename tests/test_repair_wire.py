@@ -105,3 +105,22 @@ def test_a_malformed_answer_is_a_per_sample_error(fake_server, provider):
     with pytest.raises(RepairFormatError, match="STEP <k>") as ei:
         parse_repair(s.text, STUDENT, provider=s.teacher.split(":")[0])
     assert ei.value.provider == provider and ei.value.what == "header"
+
+
+def test_a_repair_is_retried_and_cached_like_any_request(fake_server, tmp_path):
+    from cache.teacher import CachedTeacher
+    from tests.fake_providers import Fault
+    from tests.test_providers_wire import Clock
+
+    fake_server.responder = lambda route, body, i: GOOD
+    fake_server.push(Fault("rate_limit", retry_after=3))
+    clock = Clock()
+    r = repair_request(PROMPT, STUDENT, max_tokens=48)
+    first = CachedTeacher(make(fake_server, SPECS["anthropic"], clock), tmp_path / "t.sqlite", "read-write")
+    (s,) = run(sample_and_close(first, r))
+    assert [x.status for x in fake_server.requests()] == [429, 200] and clock.waits[0] >= 3  # retried
+    assert not s.cached and s.cost_usd > 0  # paid, and priced by the model's row
+    again = CachedTeacher(make(fake_server, SPECS["anthropic"]), tmp_path / "t.sqlite", "read-write")
+    (t,) = run(sample_and_close(again, r))
+    assert t.cached and t.text == s.text and len(fake_server.requests()) == 2  # served from the cache, paid once
+    assert parse_repair(t.text, STUDENT).step_index == 1
