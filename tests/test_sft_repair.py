@@ -109,3 +109,45 @@ def test_sft_repair_trains_the_correction_after_the_students_own_prefix(tmp_path
     assert sum(r["sft_repair_failed"] for r in rows) == 1 and sum(r["sft_repairs"] for r in rows) >= 3
     assert any(o.repair.prefix_text for step_seen in seen for _, o in step_seen if o.repair)  # some kept a prefix
     _assert_each_step_descends(tok, batches, snaps)  # the corrections after the student's prefixes got more likely
+
+
+def test_sft_repair_replays_offline_from_the_recorded_repairs(tmp_path, tiny_tok, monkeypatch):
+    import json
+
+    from omniopd import teachers as registry
+    from omniopd.train import run_train
+    from tests.tiny import tiny_llama
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": q, "answer": "12"}) for q in ["Add 7 and 5.", "Tom has 3 apples."]))
+
+    def cfg(out, **over):
+        return build_config(None, {"method.name": "sft", "method.sft_repair": True, "data.path": str(data),
+                                   "data.answer_field": "answer", "student.max_new_tokens": 8, "student.generations": 2,
+                                   "learner.max_steps": 2, "learner.learning_rate": 1e-3, "learner.seed": 0,
+                                   "output.dir": str(tmp_path / out), "output.save_steps": 0,
+                                   "cache.path": str(tmp_path / "t.sqlite"), **over})
+
+    calls = []
+    teacher = LocalTeacher(tiny_llama(tiny_tok, seed=1), tiny_tok, spec="local:tiny-teacher")
+
+    async def repairing(request):
+        calls.append(request)
+        return [TeacherSample(f"STEP 1\n{CORRECTION}", "stop", output_tokens=6, model="tiny", teacher=teacher.spec)]
+
+    teacher.sample = repairing
+    wrong = lambda text, gold: False  # noqa: E731
+    first = run_train(cfg("run"), model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, teacher=teacher, echo=False,
+                      verifier=wrong)
+    assert first.steps == 2 and calls and all(c.messages[-1].content.startswith(ASKS_REPAIR) for c in calls)
+
+    def no_provider(*a, **k):
+        raise AssertionError("replay constructed a teacher")
+
+    monkeypatch.setattr(registry, "build_teacher", no_provider)
+    n = len(calls)
+    again = run_train(cfg("replayed", **{"cache.replay": str(tmp_path / "run"), "cache.mode": "off"}),
+                      model=tiny_llama(tiny_tok, seed=0), tokenizer=tiny_tok, echo=False, verifier=wrong)
+    assert again.steps == 2 and again.teacher_usd == 0.0 and len(calls) == n
+    rows = [json.loads(x) for x in (tmp_path / "replayed" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["sft_repair_failed"] == 0 and r["sft_repairs"] >= 1 for r in rows)  # served the recorded repairs
