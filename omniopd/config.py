@@ -214,6 +214,7 @@ class MethodConfig:
     teacher_solutions: int = knob(1, "sft: whole teacher solutions bought per prompt and step", flag="--teacher-solutions")
     sft_only_failures: bool = knob(False, "sft: sample the student first and buy only for prompts none of whose G samples the verifier passes; its correct samples are free targets (needs --answer-field)", flag="--sft-only-failures")
     sft_negatives: float = knob(0.0, "sft: weight w of the student's verifier-wrong samples as negatives (advantage -w per token) beside the teacher's cross-entropy; 0 = off (needs --answer-field)", flag="--sft-negatives")
+    sft_repair: bool = knob(False, "sft: for a prompt none of whose G samples the verifier passes, ask the teacher to rewrite only the first wrong line of one wrong sample (first-error minimal repair) and train on the correction after the student's own lines before it; a repair that fails to parse buys a whole solution (needs --answer-field)", flag="--sft-repair")
     drift_gate: str = knob("off", "blockwise policy-drift gate on the per-token loss: off, block (fixed blocks), newline (lines)", choices=DRIFT_GATE_CHOICES)
     gate_block_tokens: int = knob(64, "tokens per block of the drift gate (the paper: 64)")
     gate_tau: float = knob(1.0, "drift gate temperature tau in g = exp(-tau * |mean drift|) (the paper: 1)")
@@ -250,8 +251,8 @@ class MethodConfig:
         _check_choice(self.drift_gate, "method.drift_gate", DRIFT_GATE_CHOICES)
         _check(self.teacher_solutions >= 1, "method.teacher_solutions", f"must be >= 1; got {self.teacher_solutions}")
         _check(self.sft_negatives >= 0, "method.sft_negatives", f"must be >= 0; got {self.sft_negatives}")
-        _check(self.name == "sft" or not (self.sft_only_failures or self.sft_negatives), "method.sft_*",
-               f"--sft-only-failures and --sft-negatives apply to --method sft; got --method {self.name}")
+        _check(self.name == "sft" or not (self.sft_only_failures or self.sft_negatives or self.sft_repair), "method.sft_*",
+               f"--sft-only-failures, --sft-negatives and --sft-repair apply to --method sft; got --method {self.name}")
         _check(self.name != "sft" or self.drift_gate == "off", "method.drift_gate",
                "--method sft trains on whole solutions, not on drifting rollouts: drop --drift-gate")
         _check(self.gate_block_tokens >= 1, "method.gate_block_tokens", f"must be >= 1; got {self.gate_block_tokens}")
@@ -334,6 +335,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(not self.output.eval_every or (self.data.eval_path and self.data.answer_field), "output.eval_every",
                "--eval-every needs held-out problems with answers: set --eval-data FILE and --answer-field")
+        _check(not self.method.sft_repair or self.data.answer_field, "method.sft_repair",
+               "--sft-repair repairs the student's verifier-wrong answers: set --answer-field (GSM8K: answer)")
         # "auto" knobs take their value from the signal (README, Methods: defaults follow the lab's measurement)
         if self.scorer.similarity == "auto":
             self.scorer = dataclasses.replace(self.scorer, similarity="embedding" if self.method.paper_loss else "numbers")

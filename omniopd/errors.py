@@ -14,6 +14,7 @@ mistake the user can fix. Anything else is a bug and keeps its traceback.
     │   ├── TeacherQuotaError               402, or a 429 that waiting will not fix
     │   ├── TeacherCapabilityError          other 4xx: the model rejected the request's shape
     │   ├── TeacherResponseError            unparseable or invalid answer (empty, too long, ...)
+    │   │   └── RepairFormatError           a first-error repair answer broke its format (what, step)
     │   ├── TeacherAccessError              the method needs logprobs/tokenizer this teacher lacks
     │   └── BudgetExceededError             --max-teacher-usd reached (spent, cap, needed)
     ├── CacheError
@@ -99,6 +100,24 @@ class TeacherCapabilityError(TeacherError):
 
 class TeacherResponseError(TeacherError):
     """The server answered with something unparseable (malformed JSON, missing fields)."""
+
+
+class RepairFormatError(TeacherResponseError):
+    """A first-error repair answer (`providers/repair.py`) broke the requested format.
+
+    Per sample, never per run: the caller drops the repair (and, in `--sft-repair`, buys a whole
+    solution instead). `what` names the check that failed (`header`: no `STEP <k>` first line;
+    `step`: k outside the student's lines; `empty`: no corrected text; `unchanged`: the
+    "correction" repeats the student's own lines), `step` the k the teacher named (None when it
+    named none), `lines` how many lines the student's solution had.
+    """
+
+    def __init__(self, message: str = "", *, what: str | None = None, step: int | None = None,
+                 lines: int | None = None, **facts) -> None:
+        super().__init__(message, **facts)
+        self.what = what
+        self.step = step
+        self.lines = lines
 
 
 class TeacherAccessError(TeacherError):

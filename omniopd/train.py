@@ -511,9 +511,9 @@ def build_sft(cfg: TrainConfig, parts: Parts, verifier=None):
     if L.updates_per_batch > 1 or L.async_steps > 0:
         raise ConfigError("--method sft trains on teacher solutions, not on the student's rollouts: "
                           "--updates-per-batch and --async-steps do not apply (drop them)")
-    if M.sft_only_failures or M.sft_negatives > 0:
+    if M.sft_only_failures or M.sft_negatives > 0 or M.sft_repair:
         if not any(r.get("answer") for r in parts.rows):
-            raise ConfigError("--sft-only-failures and --sft-negatives verify the student's answers: "
+            raise ConfigError("--sft-only-failures, --sft-negatives and --sft-repair verify the student's answers: "
                               "set --answer-field (GSM8K: answer)")
         if verifier is None:
             from omniopd.methods.verifier import VERIFIERS

@@ -14,6 +14,12 @@ for the step's P prompts (TRL hands each prompt G times):
 - `--sft-negatives w`: the student's verifier-wrong rollouts join the batch with advantage -w on
   every token (the teacher's answer keeps its cross-entropy term: negatives alone displace
   likelihood on small models). No extra teacher tokens.
+- `--sft-repair` (first-error minimal repair: SCoRe, PERsD, Minimum Change, LEMA): a prompt none
+  of whose G rollouts the verifier passes does not buy a whole solution; the teacher is shown one
+  of its wrong rollouts and rewrites only the first wrong line onward (`providers/repair.py`). The
+  row is the prompt plus the student's own lines before that line as context (not trained), the
+  corrected text as the completion (advantage 1). A repair that fails (request or format) buys a
+  whole solution for that prompt instead (`sft_repair_failed`).
 
 Every row is a "student row" for the loss normaliser (the batch's tokens), so the positive term is
 the mean token cross-entropy of the targets. The episode (prompts, targets, the teacher sample
@@ -33,6 +39,7 @@ from omniopd.event_loop import EventLoop, process_loop
 from omniopd.methods.rows import text_to_completion
 from omniopd.methods.signals import ScoredBatch
 from omniopd.methods.verifier import Verifier, verdicts_B
+from omniopd.repairs import RepairOutcome, buy_repairs
 from omniopd.rollouts import Rollouts, pad_rows_B_T, render_messages
 from omniopd.solutions import buy_solutions
 from providers.base import TeacherSample
@@ -64,6 +71,26 @@ def sft_targets(verdicts_B: torch.Tensor, group_size: int, *, only_failures: boo
     return buy, positives, negs
 
 
+def repair_rows(verdicts_B: torch.Tensor, group_size: int, buy: Sequence[int],
+                completions: Sequence[str]) -> dict[int, int]:
+    """Which bought prompts get a first-error repair instead of a whole solution, and of which row.
+
+    A prompt qualifies when none of its G rows is verified correct and one is verified wrong with a
+    non-blank answer (there is a first line to repair); its first such row is repaired. Other
+    bought prompts (a solved prompt without `--sft-only-failures`, no judged row) buy a whole
+    solution as before.
+    """
+    out: dict[int, int] = {}
+    for p in buy:
+        rows = range(p * group_size, (p + 1) * group_size)
+        if any(float(verdicts_B[b]) == 1.0 for b in rows):
+            continue
+        wrong = [b for b in rows if float(verdicts_B[b]) == 0.0 and completions[b].strip()]
+        if wrong:
+            out[p] = wrong[0]
+    return out
+
+
 class SolutionSFT:
     """See the module docstring. Same interface as `MethodSignals` (score / start / loss hooks)."""
 
@@ -72,8 +99,8 @@ class SolutionSFT:
     def __init__(self, cfg: MethodConfig, tokenizer, *, teacher, group_size: int, max_new_tokens: int,
                  teacher_temperature: float | None = None, verifier: Verifier | None = None,
                  recorder: Any = None, loop: EventLoop | None = None):
-        if (cfg.sft_only_failures or cfg.sft_negatives > 0) and verifier is None:
-            raise ValueError("--sft-only-failures and --sft-negatives need a verifier")
+        if (cfg.sft_only_failures or cfg.sft_negatives > 0 or cfg.sft_repair) and verifier is None:
+            raise ValueError("--sft-only-failures, --sft-negatives and --sft-repair need a verifier")
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.teacher = teacher
@@ -90,8 +117,9 @@ class SolutionSFT:
 
     @property
     def needs_rollouts(self) -> bool:
-        """Does a step sample the student first? Only to verify it (gating) or to find negatives."""
-        return self.cfg.sft_only_failures or self.cfg.sft_negatives > 0
+        """Does a step sample the student first? Only to verify it (gating), to find negatives, or
+        to find the wrong answers a repair starts from."""
+        return self.cfg.sft_only_failures or self.cfg.sft_negatives > 0 or self.cfg.sft_repair
 
     def close(self) -> None:
         return None
@@ -109,7 +137,10 @@ class SolutionSFT:
 
     def score(self, rollouts: Rollouts | None, golds: Sequence[str | None], step: int, student, *,
               prompts: Sequence[list[dict]] | None = None) -> ScoredBatch:
-        """The step's rows: bought teacher solutions (+ free correct rollouts, + negatives)."""
+        """The step's rows: bought teacher solutions or first-error repairs (+ free correct rollouts,
+        + negatives). Metrics with `--sft-repair`: `sft_repairs` (repaired rows trained),
+        `sft_repair_failed` (repairs that fell back to a whole solution), `sft_repair_tokens` (the
+        teacher output tokens the repairs cost, failed ones included)."""
         G = self.group_size
         if rollouts is not None:
             prompts = rollouts.prompts
@@ -117,43 +148,66 @@ class SolutionSFT:
             raise ValueError("SolutionSFT.score needs the step's prompts (or rollouts)")
         groups = [prompts[i] for i in range(0, len(prompts), G)]
         metrics: dict[str, float] = {}
+        to_repair: dict[int, int] = {}  # prompt -> the wrong student row whose first error is repaired
         if rollouts is not None:
             v = verdicts_B(self.verifier, rollouts.completions, golds)
             buy, positives, negatives = sft_targets(v, G, only_failures=self.cfg.sft_only_failures,
                                                     negatives=self.cfg.sft_negatives > 0)
             judged = ~torch.isnan(v)
             metrics["verifier_correct_share"] = float(v[judged].mean()) if judged.any() else 0.0
+            if self.cfg.sft_repair:
+                to_repair = repair_rows(v, G, buy, rollouts.completions)
         else:
             buy, positives, negatives = list(range(len(groups))), [], []
-        bought = self._buy([groups[p] for p in buy])
-        rows: list[tuple[list[dict], list[int], float]] = []  # (prompt, completion ids, advantage)
+        # (prompt, context ids after the prompt, completion ids, advantage)
+        rows: list[tuple[list[dict], list[int], list[int], float]] = []
         sample_ids: list[str | None] = []
-        for p, samples in zip(buy, bought):
+        repaired = self._repair(rollouts, groups, to_repair)
+        repair_samples = [o.sample for o in repaired.values() if o.sample is not None]
+        for p, outcome in repaired.items():
+            if outcome.repair is None:
+                continue
+            r = outcome.repair
+            ctx = self.tokenizer.encode(r.prefix_text, add_special_tokens=False) if r.prefix_text else []
+            finished = outcome.sample.finish_reason == "stop"
+            # bounded like any teacher solution; the context is prompt, not counted against the answer
+            ids = text_to_completion(self.tokenizer, r.corrected_text, finished, self.max_new_tokens)
+            if ids:
+                rows.append((groups[p], ctx, ids, 1.0))
+                sample_ids.append(outcome.sample.cache_id)
+        whole = [p for p in buy if p not in repaired or repaired[p].repair is None]
+        bought = self._buy([groups[p] for p in whole])
+        for p, samples in zip(whole, bought):
             for s in samples:
                 ids = text_to_completion(self.tokenizer, s.text, s.finish_reason == "stop", self.max_new_tokens)
                 if ids:
-                    rows.append((groups[p], ids, 1.0))
+                    rows.append((groups[p], [], ids, 1.0))
                     sample_ids.append(s.cache_id)
         for b in positives:
-            rows.append((rollouts.prompts[b], _row_ids(rollouts, b), 1.0))
+            rows.append((rollouts.prompts[b], [], _row_ids(rollouts, b), 1.0))
         for b in negatives:
-            rows.append((rollouts.prompts[b], _row_ids(rollouts, b), -self.cfg.sft_negatives))
-        n_samples = sum(len(s) for s in bought)
-        metrics.update({"teacher_samples": float(n_samples), "sft_prompts_bought": float(len(buy)),
+            rows.append((rollouts.prompts[b], [], _row_ids(rollouts, b), -self.cfg.sft_negatives))
+        paid = bought + [repair_samples]  # every sample bought counts, a failed repair's too
+        n_samples = sum(len(s) for s in paid)
+        if self.cfg.sft_repair:
+            metrics.update({"sft_repairs": float(sum(o.repair is not None for o in repaired.values())),
+                            "sft_repair_failed": float(sum(o.repair is None for o in repaired.values())),
+                            "sft_repair_tokens": float(sum(s.output_tokens for s in repair_samples))})
+        metrics.update({"teacher_samples": float(n_samples), "sft_prompts_bought": float(len(whole)),
                         "sft_prompts": float(len(groups)), "sft_free_targets": float(len(positives)),
                         "sft_negatives": float(len(negatives)), "sft_teacher_rows": float(len(sample_ids)),
-                        "teacher_cost_usd": float(sum(s.cost_usd for ss in bought for s in ss if not s.cached))})
+                        "teacher_cost_usd": float(sum(s.cost_usd for ss in paid for s in ss if not s.cached))})
         self.teacher_samples_total += n_samples
         self.spent_usd += metrics["teacher_cost_usd"]
-        for ss in bought:
+        for ss in paid:
             for s in ss:
                 self.samples_by_teacher[s.teacher] = self.samples_by_teacher.get(s.teacher, 0) + 1
         if not rows:  # nothing to learn from this step (every request failed): one empty row keeps TRL's shapes
             log.warning("step %d: no SFT target (teacher requests failed and no free target)", step)
         batch = self._batch(rows)
         if self.recorder is not None:
-            self.recorder.record_step(step, {"prompts": [r[0] for r in rows], "advantages": [r[2] for r in rows],
-                                             "completion_ids": [r[1] for r in rows],
+            self.recorder.record_step(step, {"prompts": [r[0] for r in rows], "advantages": [r[3] for r in rows],
+                                             "contexts": [r[1] for r in rows], "completion_ids": [r[2] for r in rows],
                                              "solutions": [{"sample_ids": [i for i in sample_ids if i]}]})
         batch.metrics.update(metrics)
         return batch
@@ -166,14 +220,28 @@ class SolutionSFT:
         return self.loop.run(buy_solutions(self.teacher, prompts, n=self.cfg.teacher_solutions,
                                            max_tokens=self.max_new_tokens, temperature=self.teacher_temperature))
 
-    def _batch(self, rows: list[tuple[list[dict], list[int], float]]) -> ScoredBatch:
+    def _repair(self, rollouts: Rollouts | None, groups: list[list[dict]],
+                to_repair: dict[int, int]) -> dict[int, RepairOutcome]:
+        """prompt -> the outcome of repairing its chosen wrong rollout (empty without repairs)."""
+        if not to_repair:
+            return {}
+        if self.loop is None:
+            self.loop = process_loop()
+        items = [(groups[p], rollouts.completions[b]) for p, b in to_repair.items()]
+        outcomes = self.loop.run(buy_repairs(self.teacher, items, max_tokens=self.max_new_tokens,
+                                             temperature=self.teacher_temperature))
+        return dict(zip(to_repair, outcomes))
+
+    def _batch(self, rows: list[tuple[list[dict], list[int], list[int], float]]) -> ScoredBatch:
+        """Rows as the learner's batch: each prompt rendered, then its context ids (the student's own
+        lines before a repaired step; empty otherwise) as more prompt, the completion after them."""
         tok = self.tokenizer
         if not rows:
-            rows = [([{"role": "user", "content": ""}], [], 0.0)]
+            rows = [([{"role": "user", "content": ""}], [], [], 0.0)]
         texts = render_messages(tok, [r[0] for r in rows])
-        prompt_rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        prompt_rows = [tok(t, add_special_tokens=False)["input_ids"] + r[1] for t, r in zip(texts, rows)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        comp = [r[1] for r in rows]
+        comp = [r[2] for r in rows]
         mask = pad_rows_B_T([[1] * len(c) for c in comp], 0, torch.long)
         rollouts = Rollouts(
             prompt_ids=pad_rows_B_T(prompt_rows, pad, torch.long, left=True),
@@ -181,7 +249,7 @@ class SolutionSFT:
             completion_ids=pad_rows_B_T(comp, pad, torch.long, width=mask.size(1)), completion_mask=mask,
             logprobs_B_T=torch.zeros(mask.shape), entropy_B_T=torch.zeros(mask.shape),
             prompts=[r[0] for r in rows], completions=tok.batch_decode(comp, skip_special_tokens=True))
-        adv = torch.tensor([r[2] for r in rows]).unsqueeze(1) * mask
+        adv = torch.tensor([r[3] for r in rows]).unsqueeze(1) * mask
         return ScoredBatch(rollouts, adv, mask.bool())
 
 
