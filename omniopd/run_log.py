@@ -113,11 +113,7 @@ class MetricsLogger(TrainerCallback):
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.echo:  # tqdm.write keeps the run's progress bar below the line
-            tqdm.write(
-                f"step {row['step']:>4} | pihat {row['reward_mean']:.3f} | kl {row['kl']:.4f} | forks {int(row['forks'])}"
-                f" | teacher samples {int(row['teacher_samples'])} | loss {logs.get('loss', float('nan')):.4f}"
-                f" | {row['seconds']:.1f}s"
-            )
+            tqdm.write(step_line(row, logs))
 
 
 def _any_process(flag: bool) -> bool:
@@ -171,3 +167,18 @@ def quiet_console(trainer, echo: bool) -> None:
     trainer.remove_callback(ProgressCallback)
     if echo:
         trainer.add_callback(StepProgress())
+
+
+def step_line(row: dict, logs: dict) -> str:
+    """The console's one line per step. SFT shows its cross-entropy (its surrogate `loss` is -1 by
+    construction: -A * ratio at ratio 1); the on-policy methods show pi_hat, the anchor and forks."""
+    if "omniopd/sft_prompts" in logs:
+        # chunk_loss = -sum A * log pi / tokens: the mean token cross-entropy of the positive targets
+        # (minus the negatives' weighted log-prob when --sft-negatives is on)
+        return (f"step {row['step']:>4} | cross-entropy {logs.get('omniopd/chunk_loss', float('nan')):.4f}"
+                f" | prompts bought {int(logs.get('omniopd/sft_prompts_bought', 0))}"
+                f" | teacher samples {int(row['teacher_samples'])}"
+                f" | ${row.get('teacher_cost_usd_total', 0.0):.4f} | {row['seconds']:.1f}s")
+    return (f"step {row['step']:>4} | pihat {row['reward_mean']:.3f} | kl {row['kl']:.4f} | forks {int(row['forks'])}"
+            f" | teacher samples {int(row['teacher_samples'])} | loss {logs.get('loss', float('nan')):.4f}"
+            f" | {row['seconds']:.1f}s")

@@ -127,3 +127,14 @@ def test_eval_every_writes_accuracy_against_dollars_and_the_report_plots_it(tmp_
     assert any(p.name == "heldout.png" for p in report.plots)
     with pytest.raises(Exception, match="--eval-every needs held-out problems"):
         build_config(None, {"output.eval_every": 2})
+
+
+def test_sft_step_line_shows_cross_entropy_not_the_surrogate():
+    from omniopd.run_log import step_line
+
+    row = {"step": 3, "reward_mean": 0.0, "kl": 0.0, "forks": 0, "teacher_samples": 2, "seconds": 1.5,
+           "teacher_cost_usd_total": 0.0123}
+    line = step_line(row, {"omniopd/sft_prompts": 2.0, "omniopd/sft_prompts_bought": 1.0, "omniopd/chunk_loss": 2.5,
+                           "loss": -1.0})
+    assert line == "step    3 | cross-entropy 2.5000 | prompts bought 1 | teacher samples 2 | $0.0123 | 1.5s"
+    assert "pihat" in step_line(row, {"loss": 0.5})
