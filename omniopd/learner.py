@@ -293,13 +293,17 @@ class OmniOPDTrainer(GRPOTrainer):
         scale = self._accumulation_scale(num_items_in_batch)
         done, collected, loss = None, [], None
         for i, mb in enumerate(parts):
-            loss, stats, weights = self._microbatch_loss(model, mb, mode)
-            collected.append((stats, weights))
             if backward_here and i < len(parts) - 1:
-                # local accumulation; the last micro-batch's backward (in TRL's training_step) syncs
+                # local accumulation, forward and backward under no_sync (DDP prepares its gradient
+                # all-reduce in the forward); only the last micro-batch's backward, in TRL's
+                # training_step, syncs — one all-reduce per rank whatever its number of micro-batches
                 with self.accelerator.no_sync(self.model_wrapped):
+                    loss, stats, weights = self._microbatch_loss(model, mb, mode)
                     self.accelerator.backward(loss * scale)
                 done = loss.detach() if done is None else done + loss.detach()
+            else:
+                loss, stats, weights = self._microbatch_loss(model, mb, mode)
+            collected.append((stats, weights))
         self._log_loss_stats(mode, combine_stats(collected))
         self._metrics[mode]["omniopd/microbatches"].append(float(len(parts)))
         return loss if done is None else loss + done
