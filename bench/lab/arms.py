@@ -1,15 +1,18 @@
 """The lab's arms: ways to spend one teacher budget on a student, and the ARMS table.
 
 Every arm x seed starts from a copy of the task's start student, with the same teacher and the
-same budget of teacher output tokens, and is measured at budget milestones along the way (a
+same budget — teacher output tokens, or teacher dollars (`Budget`, `bench.lab.dollars`: input
+and output tokens priced by a named card) — and is measured at budget milestones along the way (a
 learning curve from one run): held-out greedy and temperature-1 accuracy, the KL from the start
 and how far the weights moved. The teacher is used two ways:
 
 - as text, through the provider interface only (`providers.local.LocalTeacher`), exactly as an
   API teacher would be (access "black-box"): the SFT arm buys whole solutions (several per
   problem when the budget asks for more than one pass), the OmniOPD arms ask it, via omniopd's
-  real training entry point `omniopd.train.run_train`, to continue the student's prefixes.
-  Teacher tokens = the output tokens the provider reports.
+  real training entry point `omniopd.train.run_train`, to continue the student's prefixes; the
+  SFT-family recipes (`bench.lab.recipes`) buy whole solutions and add the student's own
+  verified samples. Teacher tokens = the output tokens the provider reports; teacher dollars
+  add the input it reports (prompt + the student's prefix at a fork).
 - as a white-box model ("white-box"): TRL's `DistillationTrainer` (standard OPD, reverse KL to
   the teacher's full distribution on every token the student samples) and omniopd's white-box
   methods; teacher tokens = completion tokens the teacher scored.

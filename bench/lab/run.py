@@ -3,6 +3,7 @@
     python -m bench.lab.run --scale small             # the default arms, both task families
     python -m bench.lab.run --scale small --arms all --lr-sweep 1e-4,3e-4,1e-3 --name small-full
     python -m bench.lab.run --scale tiny --seeds 1    # seconds; the smoke test's size
+    python -m bench.lab.run --scale small --budget-usd 1.2 --arms no-training,sft,sft-gated,noise-floor   # in dollars
 
 Per task family (`arith`, `lists`; `bench.lab.tasks`): draw train / held-out / dev problems
 (disjoint, `--data-seed`), train a word-level tokenizer, train (or load from the cache) a teacher
@@ -15,7 +16,9 @@ that also repairs the start's flawed prefixes and a mid-level start student (`be
 3. every other arm, then the noise floor (the start moved by random noise of the size the
    trained arms moved it).
 
-Each arm x seed is one run measured at budget milestones (a learning curve). Jobs run in
+Each arm x seed is one run measured at budget milestones (a learning curve): teacher output
+tokens, or with `--budget-usd` teacher dollars, every call priced by `--price-card`
+(`bench.lab.dollars`; every record carries `teacher_usd` either way). Jobs run in
 `--workers` processes (one torch thread each). Writes `bench/lab/results/<name>.json`
 (`records`, `checks`) and `<name>-<task>.png` after every finished job, and the run's files
 (logs, teachers' and students' run directories) under `runs/lab/<name>-<config key>`.
