@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=None, help="teacher tokens per arm, the last milestone (default: the scale's)")
     p.add_argument("--budget-usd", type=float, default=None,
                    help="teacher dollars per arm, the last milestone: milestones in dollars instead of tokens")
+    p.add_argument("--milestones", default=None,
+                   help="comma-separated fractions of the budget where every arm is measured (default: the scale's)")
     p.add_argument("--price-card", default="claude-haiku-4-5",
                    help="the model whose list prices (providers/capabilities.py) price every teacher call")
     p.add_argument("--arm-lr", type=float, default=None, help="one learning rate for every trained arm (default: tuned per arm)")
@@ -413,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_usd is not None:
         changes["budget_usd"] = args.budget_usd
     changes["price_card"] = args.price_card
+    if args.milestones:
+        changes["milestones"] = tuple(float(x) for x in args.milestones.split(","))
     from bench.lab.dollars import price_card
 
     price_card(args.price_card)  # an unknown or unpriced card fails here, not in every worker
