@@ -220,6 +220,7 @@ class Runner:
 
 
 def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int, data_seed: int, run_dir: Path,
+            first_seed: int = 0,
             cache_dir: Path, workers: int = 1, lr_sweep: list[float] | None = None, arm_lr: float | None = None,
             retrain: bool = False, ignore_checks: bool = False, on_update=None) -> dict:
     """The whole lab (see module docstring); `on_update(report)` after every finished job.
@@ -295,7 +296,8 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
             jobs = []
             for a in names:
                 lr = report["lr"].setdefault(f"{a}:{task}", lr_of(a))
-                jobs += [job(a, task, seed, lr) for seed in range(seeds) if not (lr_sweep and a in trained and seed == 0)]
+                jobs += [job(a, task, seed, lr) for seed in range(first_seed, first_seed + seeds)
+                         if not (lr_sweep and a in trained and seed == 0)]
             yield jobs
             if names is controls:
                 start = report["checks"][task]["start_accuracy"]["figure"]
@@ -313,7 +315,7 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
                        and armmod.ARMS[r["arm"]].kind not in ("none", "noise")]
                 moved[b] = sum(l2s) / len(l2s) if l2s else 0.0
             report["lr"][f"noise-floor:{task}"] = 0.0
-            yield [job("noise-floor", task, seed, 0.0, noise_l2=moved) for seed in range(seeds)]
+            yield [job("noise-floor", task, seed, 0.0, noise_l2=moved) for seed in range(first_seed, first_seed + seeds)]
 
     def done(res: dict) -> None:
         report["job_wall_s"][res["job"]] = res["wall_s"]
@@ -385,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arms, or 'all': {', '.join(ARMS)}")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated task families: {', '.join(TASKS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's, 3 for small)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run are first-seed .. first-seed + seeds - 1 (more seeds for an earlier run's file)")
     p.add_argument("--data-seed", type=int, default=1234, help="seed of the problems (fresh problems: another value)")
     p.add_argument("--budget", type=int, default=None, help="teacher tokens per arm, the last milestone (default: the scale's)")
     p.add_argument("--budget-usd", type=float, default=None,
@@ -441,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = [float(x) for x in args.lr_sweep.split(",")] if args.lr_sweep else None
     _log(f"run dir {run_dir}; results {results / name}.json; arms {', '.join(names)}; tasks {', '.join(tasks)}; "
          f"{seeds} seeds; budgets {scale.budgets()}; {args.workers} workers")
-    report = run_lab(scale, names, tasks=tasks, seeds=seeds, data_seed=args.data_seed, run_dir=run_dir,
+    report = run_lab(scale, names, tasks=tasks, seeds=seeds, first_seed=args.first_seed, data_seed=args.data_seed, run_dir=run_dir,
                      cache_dir=Path(args.cache_dir), workers=args.workers, lr_sweep=sweep, arm_lr=args.arm_lr,
                      retrain=args.retrain, ignore_checks=args.ignore_checks, on_update=save)
     save(report)
