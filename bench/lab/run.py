@@ -301,7 +301,9 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
             yield jobs
             if names is controls:
                 start = report["checks"][task]["start_accuracy"]["figure"]
-                report["checks"][task]["positive_control"] = checks.positive_control(report["records"], task, budgets[-1], start)
+                ran = tuple(a for a in ("sft", "opd") if a in arm_names)  # the controls this run has
+                report["checks"][task]["positive_control"] = checks.positive_control(report["records"], task, budgets[-1], start,
+                                                                                     arms=ran or ("sft", "opd"))
                 log_checks(task, ["positive_control"])
                 if (not report["checks"][task]["positive_control"]["passed"] and not ignore_checks
                         and {"sft", "opd"} <= set(arm_names)):
