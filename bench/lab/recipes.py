@@ -9,7 +9,10 @@ One loop (`run_recipe`) runs every recipe of issue 18 from the task's start, rou
 3. buy what the recipe buys, through the provider interface, priced by the budget's card:
    - `sft`: a teacher solution for every problem;
    - gated (`sft-gated*`): a teacher solution only where all k samples fail
-     (`selection.gate_P`); the student's correct samples are free targets;
+     (`selection.gate_P`); the student's first correct sample is a free target (one per
+     problem, as SFT has one solution per problem: the recipe changes where a target comes
+     from, not how many updates a problem gets; k near-identical correct samples of one
+     problem would multiply the steps per dollar and the CPU time by up to k);
    - `oracle-repair`: no teacher; a wrong sample's first wrong step is corrected from the
      reference (`selection.oracle_repair`) and billed as the minimal-repair request an API
      teacher would answer (input: prompt + the student's answer; output: the corrected rest);
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +50,7 @@ class Recipe:
     negatives: bool = False
     oracle_repair: bool = False
     samples: int = 4  # k student samples per problem (gating, negatives); oracle-repair repairs the first
+    free_per_problem: int = 1  # gated: the student's correct samples kept per gated-out problem (one, like SFT's one solution)
     beta: float = 0.1  # DPO temperature
     neg_weight: float = 1.0  # weight of the DPO term beside the cross-entropy
     sft_share: float = 1.0  # share of the final budget this loop spends; the `then` arm spends the rest
@@ -116,7 +121,7 @@ def build_round(ctx, recipe: Recipe, problems: list, samples_PK: list[list[str]]
         buy = selection.gate_P(correct_PK) if recipe.gated and correct_PK is not None else [True] * len(problems)
         for i, b in enumerate(buy):
             if not b:
-                free = selection.free_targets(samples_PK[i], correct_PK[i])
+                free = selection.free_targets(samples_PK[i], correct_PK[i])[:recipe.free_per_problem]
                 rnd.positives += [(problems[i].question, t) for t in free]
                 preferred[i] = free[0]
                 free_at.add(i)
@@ -237,7 +242,12 @@ def run_recipe(arm, ctx, student, seed: int, lr: float, ms) -> list[dict]:
             losses_seen = {k: 0.9 * losses_seen.get(k, v) + 0.1 * v for k, v in out.items()}
             step += 1
         ms.extra = {**tally, **{f"loss_{k}": round(v, 4) for k, v in losses_seen.items()}}
+        before = len(ms.records)
         ms.check(student, step)
+        if len(ms.records) > before:
+            r = ms.records[-1]
+            print(f"[recipe {time.strftime('%H:%M:%S')}] {arm.name} milestone {r.get(ms.budget.key)}: "
+                  f"acc {r['accuracy']:.3f} step {step} {tally}", flush=True)
     if recipe.then is not None and not ms.done and step < s.max_arm_steps:
         from bench.lab.arms import ARMS, pipeline_arm
 
