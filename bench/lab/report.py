@@ -375,13 +375,20 @@ def merge(reports: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench.lab.report FILE [FILE ...] [--plot PREFIX]: tables (files merged)."""
+    """python -m bench.lab.report FILE [FILE ...] [--plot PREFIX] [--out FILE]: tables (files
+    merged); `--out` writes the merged file with its verdicts (`annotate`: `default_arm`, ...)."""
     args = sys.argv[1:] if argv is None else argv
-    prefix = None
+    prefix = out = None
     if "--plot" in args:
         i = args.index("--plot")
         prefix, args = Path(args[i + 1]), args[:i] + args[i + 2:]
-    report = merge([json.loads(Path(a).read_text()) for a in args])
+    if "--out" in args:
+        i = args.index("--out")
+        out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    report = annotate(merge([json.loads(Path(a).read_text()) for a in args]))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1, default=str))
+        print(f"wrote {out}")
     print(checks_md(report))
     print()
     print(table_md(report))
