@@ -370,6 +370,9 @@ def merge(reports: list[dict]) -> dict:
             merged = out["checks"].setdefault(task, {})
             for name, c in cs.items():
                 merged.setdefault(name, c)
+    out["job_wall_s"] = {k: v for rep in reports for k, v in rep.get("job_wall_s", {}).items()}
+    out["errors"] = [e for rep in reports for e in rep.get("errors", [])]
+    out["total_s"] = sum(rep.get("total_s", 0.0) for rep in reports)
     out["merged_from"] = [rep.get("command") for rep in reports]
     return out
 
