@@ -181,3 +181,44 @@ def test_new_arms_run_at_tiny_size_in_dollars(tmp_path):
     from bench.lab.report import annotate
 
     assert annotate(report)["default_arm"] is not None
+
+
+def test_reference_source_bills_the_reference_as_a_teacher_answer():
+    """sft-reference: the reference solution is the target, billed as the teacher's answer
+    would be (prompt tokens in, solution tokens + EOS out); no teacher call is made."""
+    from types import SimpleNamespace
+
+    from bench.lab import nets, tasks
+    from bench.lab.recipes import Recipe, build_round
+    from bench.lab.tokenizer import train_tokenizer
+
+    train, _ = tasks.make_splits(0, 50, 5)
+    tok = train_tokenizer(tasks.corpus(train))
+    ctx = SimpleNamespace(tokenizer=tok, local_teacher=lambda: (_ for _ in ()).throw(AssertionError("no teacher")))
+    spend = Spend()
+    rnd = build_round(ctx, Recipe(source="reference"), train[:2], None, spend)
+    assert rnd.positives == [(p.question, p.solution) for p in train[:2]]
+    n_in = sum(len(tok(nets.prompt_text(tok, p.question), add_special_tokens=False)["input_ids"]) for p in train[:2])
+    n_out = sum(len(p.solution.split(" ")) + 1 for p in train[:2])  # the word-level tokenizer: one token a word
+    assert (spend.input_tokens, spend.output_tokens, spend.calls) == (n_in, n_out, 2)
+
+
+def test_oracle_round_trains_on_the_repair_and_bills_the_corrected_rest():
+    from types import SimpleNamespace
+
+    from bench.lab import nets, tasks
+    from bench.lab.recipes import Recipe, build_round
+    from bench.lab.tokenizer import train_tokenizer
+
+    p = tasks.Problem("tom has 3 pens . tom buys 2 more pens and then gives 1 away . how many pens does tom have now ?",
+                      "tom has 3 + 2 = 5 pens . then 5 - 1 = 4 pens . #### 4", 4, "buy_give")
+    train, _ = tasks.make_splits(0, 50, 5)
+    tok = train_tokenizer(tasks.corpus(train + [p]))
+    ctx = SimpleNamespace(tokenizer=tok)
+    wrong = "tom has 3 + 2 = 5 pens . then 5 - 1 = 3 pens . #### 3"
+    spend = Spend()
+    rnd = build_round(ctx, Recipe(oracle_repair=True), [p, p], [[wrong], [p.solution]], spend)
+    assert rnd.positives == [(p.question, p.solution), (p.question, p.solution)] and rnd.repairs == 1 and rnd.free == 1
+    prompt = len(tok(nets.prompt_text(tok, p.question), add_special_tokens=False)["input_ids"])
+    # in: prompt + the student's 19 words; out: "then 5 - 1 = 4 pens . #### 4" = 10 words + EOS
+    assert (spend.input_tokens, spend.output_tokens, spend.calls) == (prompt + 19, 11, 1)

@@ -55,6 +55,8 @@ class Recipe:
     neg_weight: float = 1.0  # weight of the DPO term beside the cross-entropy
     sft_share: float = 1.0  # share of the final budget this loop spends; the `then` arm spends the rest
     then: str | None = None  # the on-policy arm (a name in arms.ARMS) after the SFT phase
+    source: str = "teacher"  # "teacher": solutions bought from the teacher; "reference": the reference
+    # solutions, billed as if the teacher had written them (a control: clean text without restarts)
 
     @property
     def samples_student(self) -> bool:
@@ -128,7 +130,12 @@ def build_round(ctx, recipe: Recipe, problems: list, samples_PK: list[list[str]]
                 rnd.free += len(free)
                 rnd.gated_out += 1
         want = [i for i, b in enumerate(buy) if b]
-        got = buy_solutions(ctx, [problems[i].question for i in want])
+        if recipe.source == "reference":
+            got = [(problems[i].question, problems[i].solution,
+                    float(_token_len(tok, nets.prompt_text(tok, problems[i].question))),
+                    float(_token_len(tok, problems[i].solution) + 1)) for i in want]
+        else:
+            got = buy_solutions(ctx, [problems[i].question for i in want])
         by_q = {q: text for q, text, _, _ in got}
         for q, text, n_in, n_out in got:
             spend.add(n_in, n_out)
