@@ -127,6 +127,7 @@ def test_versus_detectable_difference_and_default_arm_by_hand():
                 recs.append(_rec("better", t, seed, b, 0.60 + d))
                 recs.append(_rec("same", t, seed, b, 0.505 + d))
                 recs.append(_rec("oracle-repair", t, seed, b, 0.90 + d))
+                recs.append(_rec("sft-reference", t, seed, b, 0.80 + d))
     from bench.lab import report as rep
 
     r = {"records": recs, "budget_unit": "usd", "scale": {"n_test": 400}, "arms": ["sft", "better", "same", "oracle-repair"]}
@@ -137,10 +138,10 @@ def test_versus_detectable_difference_and_default_arm_by_hand():
     dd = rep.detectable_difference(r)["arith"]
     assert dd["sd_seed"] == pytest.approx(0.01) and dd["seeds"] == 3
     assert dd["mdd_seeds"] == pytest.approx(2 * math.sqrt(2) * 0.01 / math.sqrt(3))
-    pbar = (0.5 + 0.6 + 0.505 + 0.9) / 4
+    pbar = (0.5 + 0.6 + 0.505 + 0.9 + 0.8) / 5
     assert dd["mdd_with_heldout"] == pytest.approx(2 * math.sqrt(2 * 0.01 ** 2 / 3 + 2 * pbar * (1 - pbar) / 400))
     d = rep.default_arm(r)
-    assert d["arm"] == "better"  # the oracle is better still, but no user can run it
+    assert d["arm"] == "better"  # the oracle and SFT on references are better still, but no user can run them
     r["records"] = [x for x in recs if x["arm"] != "better"]
     assert rep.default_arm(r)["arm"] == "sft"
     assert rep.dollars_to_match(r)["arith"]["oracle-repair"] == 0.5

@@ -166,8 +166,9 @@ def table_md(report: dict) -> str:
 
 
 # --- equal-dollar comparison, the instrument's resolution, the default it picks -----------------
-# arms that a user cannot run (they read the reference solution) are never the default
-ORACLE_ARMS = ("oracle-repair",)
+# arms that read the reference solutions (an oracle and its control): no user can run them, so
+# they bound what a recipe could give and are never the default
+REFERENCE_ARMS = ("oracle-repair", "sft-reference")
 
 
 def _records_at(report: dict, task: str, arm: str, b: float) -> list[float]:
@@ -250,13 +251,13 @@ def dollars_to_match(report: dict, baseline: str = "sft") -> dict[str, dict[str,
 
 def default_arm(report: dict, baseline: str = "sft") -> dict:
     """The recipe this file says `omniopd train` should default to: a black-box, trained,
-    non-oracle arm that beats `baseline` by > 2 s.e. at each of the two largest milestones on
+    arm that does not read the reference solutions (`REFERENCE_ARMS`) and beats `baseline` by > 2 s.e. at each of the two largest milestones on
     every task (the best such by mean accuracy at the largest milestone, averaged over tasks);
     otherwise the baseline itself. Returns the arm and the per-task margins behind the choice."""
     vs = versus(report, baseline)
     tasks = list(vs)
     trained = {r["arm"] for r in report.get("records", []) if r.get("steps", 0) > 0}
-    cands = {a for t in tasks for a in vs[t] if a != baseline and a in trained and a not in ORACLE_ARMS
+    cands = {a for t in tasks for a in vs[t] if a != baseline and a in trained and a not in REFERENCE_ARMS
              and _access(report, a) == "black-box"}
     qualified, margins = {}, {}
     for a in sorted(cands):
