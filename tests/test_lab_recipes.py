@@ -110,6 +110,13 @@ def test_first_wrong_step_and_oracle_repair_by_hand():
     assert selection.steps(lists) == ["a is 4", "b is 9", "4 + 9 = 13", "#### 13"]
 
 
+def test_after_restart_keeps_the_teachers_last_attempt():
+    ref = "tom has 3 + 2 = 5 pens . then 5 - 1 = 4 pens . #### 4"
+    assert selection.after_restart(ref) == ref
+    assert selection.after_restart("tom has 3 + 2 = 6 ? " + ref) == ref
+    assert selection.after_restart("3 + 2 = 6 ? 3 + 2 = 7 ? " + ref) == ref
+
+
 # --- the report at equal dollars --------------------------------------------------------------
 def _rec(arm, task, seed, b, acc, steps=10):
     return {"arm": arm, "access": "black-box" if arm != "no-training" else "none", "task": task, "seed": seed,

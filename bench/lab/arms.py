@@ -81,6 +81,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "would be (input: prompt + the student's answer, output: the corrected rest)", recipe=Recipe(oracle_repair=True)),
     Arm("sft-reference", "recipe", _BB, "control for oracle-repair: SFT on the reference solutions (no restarts), "
         "billed as if the teacher had written them", recipe=Recipe(source="reference")),
+    Arm("sft-clean", "recipe", _BB, "SFT on the teacher's last attempt only: its text after its last restart mark "
+        "(the whole text is bought and billed)", recipe=Recipe(clean=True)),
     Arm("sft-then-dagger", "recipe", _BB, "SFT on the first half of the final budget, then black-box DAgger "
         "(omniopd-dagger-n1) on the rest", recipe=Recipe(sft_share=0.5, then="omniopd-dagger-n1")),
     Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's default signal (N, C, M at the lab's scale)"),

@@ -55,6 +55,7 @@ class Recipe:
     neg_weight: float = 1.0  # weight of the DPO term beside the cross-entropy
     sft_share: float = 1.0  # share of the final budget this loop spends; the `then` arm spends the rest
     then: str | None = None  # the on-policy arm (a name in arms.ARMS) after the SFT phase
+    clean: bool = False  # train on the teacher's last attempt only (the text after its last restart mark)
     source: str = "teacher"  # "teacher": solutions bought from the teacher; "reference": the reference
     # solutions, billed as if the teacher had written them (a control: clean text without restarts)
 
@@ -139,6 +140,8 @@ def build_round(ctx, recipe: Recipe, problems: list, samples_PK: list[list[str]]
         by_q = {q: text for q, text, _, _ in got}
         for q, text, n_in, n_out in got:
             spend.add(n_in, n_out)
+        if recipe.clean:
+            got = [(q, selection.after_restart(text), n_in, n_out) for q, text, n_in, n_out in got]
         rnd.bought = len(got)
         for i in want:
             if problems[i].question in by_q:

@@ -72,6 +72,15 @@ def oracle_repair(student: str, reference: str) -> tuple[str, str] | None:
     return SEP.join(s[:i]), SEP.join(r[i:])
 
 
+def after_restart(solution: str) -> str:
+    """The teacher's last attempt: the text after its last restart mark (`tasks.RESTART`, the
+    lab teacher's "wait, that is wrong"), or the whole text when it never restarted. The
+    teacher still bills the whole text; the student learns only the clean solution."""
+    words = solution.split(" ")
+    marks = [i for i, w in enumerate(words) if w == tasks.RESTART]
+    return " ".join(words[marks[-1] + 1:]) if marks else solution
+
+
 def join_repair(prefix: str, rest: str) -> str:
     """The repaired solution's text (the student's prefix, then the corrected steps)."""
     return f"{prefix}{SEP}{rest}" if prefix else rest
