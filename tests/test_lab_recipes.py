@@ -230,3 +230,18 @@ def test_oracle_round_trains_on_the_repair_and_bills_the_corrected_rest():
     prompt = len(tok(nets.prompt_text(tok, p.question), add_special_tokens=False)["input_ids"])
     # in: prompt + the student's 19 words; out: "then 5 - 1 = 4 pens . #### 4" = 10 words + EOS
     assert (spend.input_tokens, spend.output_tokens, spend.calls) == (prompt + 19, 11, 1)
+
+
+def test_clean_round_trains_on_the_last_attempt_and_bills_the_whole_text(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.lab import recipes, tasks
+    from bench.lab.recipes import Recipe, build_round
+
+    p = tasks.Problem("q ?", "3 + 2 = 5 . #### 5", 5, "t")
+    monkeypatch.setattr(recipes, "buy_solutions", lambda ctx, qs: [(q, "3 + 2 = 6 ? 3 + 2 = 5 . #### 5", 10.0, 13.0) for q in qs])
+    spend = Spend()
+    rnd = build_round(SimpleNamespace(tokenizer=None), Recipe(clean=True), [p], None, spend)
+    assert rnd.positives == [("q ?", "3 + 2 = 5 . #### 5")] and (spend.input_tokens, spend.output_tokens) == (10.0, 13.0)
+    rnd = build_round(SimpleNamespace(tokenizer=None), Recipe(), [p], None, spend)
+    assert rnd.positives == [("q ?", "3 + 2 = 6 ? 3 + 2 = 5 . #### 5")]

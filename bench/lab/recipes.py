@@ -137,11 +137,11 @@ def build_round(ctx, recipe: Recipe, problems: list, samples_PK: list[list[str]]
                     float(_token_len(tok, problems[i].solution) + 1)) for i in want]
         else:
             got = buy_solutions(ctx, [problems[i].question for i in want])
-        by_q = {q: text for q, text, _, _ in got}
         for q, text, n_in, n_out in got:
-            spend.add(n_in, n_out)
+            spend.add(n_in, n_out)  # the whole text is billed, cleaned or not
         if recipe.clean:
             got = [(q, selection.after_restart(text), n_in, n_out) for q, text, n_in, n_out in got]
+        by_q = {q: text for q, text, _, _ in got}
         rnd.bought = len(got)
         for i in want:
             if problems[i].question in by_q:
