@@ -263,7 +263,8 @@ def default_arm(report: dict, baseline: str = "sft") -> dict:
     for a in sorted(cands):
         ms = {t: [r["margin_se"] for r in vs[t].get(a, [])[-2:]] for t in tasks}
         margins[a] = ms
-        if all(len(m) == 2 and all(x > 2 for x in m) for m in ms.values()):
+        seeded = all(r["seeds"] >= 2 for t in tasks for r in vs[t].get(a, [])[-2:])  # a real s.e. on both sides
+        if seeded and all(len(m) == 2 and all(x > 2 for x in m) for m in ms.values()):
             qualified[a] = statistics.fmean(vs[t][a][-1]["accuracy"] for t in tasks)
     if not tasks or baseline not in {a for t in tasks for a in vs[t]}:
         return {"arm": None, "why": f"no {baseline} rows to compare with"}
