@@ -1,15 +1,18 @@
 """The lab's arms: ways to spend one teacher budget on a student, and the ARMS table.
 
 Every arm x seed starts from a copy of the task's start student, with the same teacher and the
-same budget of teacher output tokens, and is measured at budget milestones along the way (a
+same budget — teacher output tokens, or teacher dollars (`Budget`, `bench.lab.dollars`: input
+and output tokens priced by a named card) — and is measured at budget milestones along the way (a
 learning curve from one run): held-out greedy and temperature-1 accuracy, the KL from the start
 and how far the weights moved. The teacher is used two ways:
 
 - as text, through the provider interface only (`providers.local.LocalTeacher`), exactly as an
   API teacher would be (access "black-box"): the SFT arm buys whole solutions (several per
   problem when the budget asks for more than one pass), the OmniOPD arms ask it, via omniopd's
-  real training entry point `omniopd.train.run_train`, to continue the student's prefixes.
-  Teacher tokens = the output tokens the provider reports.
+  real training entry point `omniopd.train.run_train`, to continue the student's prefixes; the
+  SFT-family recipes (`bench.lab.recipes`) buy whole solutions and add the student's own
+  verified samples. Teacher tokens = the output tokens the provider reports; teacher dollars
+  add the input it reports (prompt + the student's prefix at a fork).
 - as a white-box model ("white-box"): TRL's `DistillationTrainer` (standard OPD, reverse KL to
   the teacher's full distribution on every token the student samples) and omniopd's white-box
   methods; teacher tokens = completion tokens the teacher scored.
@@ -38,15 +41,18 @@ import torch
 from transformers import TrainerCallback
 
 from bench.lab import nets
+from bench.lab.dollars import DEFAULT_CARD, Spend, price_card
+from bench.lab.recipes import Recipe
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
-    kind: str  # "none" | "noise" | "sft" | "opd" | "pipeline"
+    kind: str  # "none" | "noise" | "recipe" | "opd" | "pipeline"
     access: str  # "none" | "black-box" | "white-box"
     help: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # omniopd train keys (pipeline; a recipe's on-policy phase)
+    recipe: Recipe = field(default_factory=Recipe)  # kind "recipe": what the SFT-family loop buys and trains on
 
 
 _BB, _WB = "black-box", "white-box"
@@ -61,8 +67,24 @@ _DAGGER1 = {**_PAPER, "method.pihat_baseline": "loo", "method.fork_imitation": 2
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("no-training", "none", "none", "the start student, untouched"),
     Arm("noise-floor", "noise", "none", "the start plus random weight noise of the L2 size the trained arms moved it"),
-    Arm("sft", "sft", _BB, "SFT on teacher-written solutions (teacher as text, whole answers, bought as it trains)"),
+    Arm("sft", "recipe", _BB, "SFT on teacher-written solutions (teacher as text, whole answers, bought as it trains)"),
     Arm("opd", "opd", _WB, "white-box on-policy distillation: TRL DistillationTrainer, reverse KL to teacher logits"),
+    # issue 18's recipes: SFT plus what the student's own verified samples give for free (bench/lab/recipes.py)
+    Arm("sft-neg", "recipe", _BB, "SFT + the student's verifier-wrong samples (k=4) as DPO negatives against a snapshot "
+        "(beta 0.1, weight 1), CE on the teacher's answer kept; zero extra teacher tokens", recipe=Recipe(negatives=True)),
+    Arm("sft-gated", "recipe", _BB, "failure gating: k=4 student samples per problem; a teacher solution bought only where "
+        "all fail the verifier, the student's own correct samples trained on for free", recipe=Recipe(gated=True)),
+    Arm("sft-gated-neg", "recipe", _BB, "sft-gated + the wrong samples as DPO negatives (against the teacher's solution "
+        "or the student's own correct one)", recipe=Recipe(gated=True, negatives=True)),
+    Arm("oracle-repair", "recipe", _BB, "the student's first wrong step corrected from the reference (an oracle, an upper "
+        "bound on repair), trained on its own correct prefix + the corrected rest; billed as a minimal-repair request "
+        "would be (input: prompt + the student's answer, output: the corrected rest)", recipe=Recipe(oracle_repair=True)),
+    Arm("sft-reference", "recipe", _BB, "control for oracle-repair: SFT on the reference solutions (no restarts), "
+        "billed as if the teacher had written them", recipe=Recipe(source="reference")),
+    Arm("sft-clean", "recipe", _BB, "SFT on the teacher's last attempt only: its text after its last restart mark "
+        "(the whole text is bought and billed)", recipe=Recipe(clean=True)),
+    Arm("sft-then-dagger", "recipe", _BB, "SFT on the first half of the final budget, then black-box DAgger "
+        "(omniopd-dagger-n1) on the rest", recipe=Recipe(sft_share=0.5, then="omniopd-dagger-n1")),
     Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's default signal (N, C, M at the lab's scale)"),
     Arm("omniopd-paper", "pipeline", _BB, "the paper's loss, pinned: no baseline, no imitation, phi=embedding", _PAPER),
     Arm("omniopd-uniform", "pipeline", _BB, "ablation: chunks spread uniformly", {**_PAPER, "scheduler.selection": "uniform"}),
@@ -129,35 +151,77 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 ]}
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Where an arm is measured: milestones in teacher output tokens (the lab's historical
+    unit) or in dollars (`unit="usd"`, every call priced by the named card). Records carry the
+    milestone under `budget_tokens` or `budget_usd`, and always `teacher_usd` beside the tokens."""
+
+    milestones: tuple[float, ...]
+    unit: str = "tokens"  # "tokens" | "usd"
+    card: str = DEFAULT_CARD
+
+    @property
+    def key(self) -> str:
+        return "budget_usd" if self.unit == "usd" else "budget_tokens"
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("tokens", "usd"):
+            raise ValueError(f"budget unit {self.unit!r}: tokens or usd")
+
+
 class Milestones:
     """Measures the student each time the teacher spend crosses a budget milestone.
 
-    `check(model, step)` is called after every optimizer step; for every milestone reached it
-    appends a record (the same measurement for milestones crossed on one step). `done` once the
-    last milestone is reached; `finish` records whatever milestones a capped run never reached
-    (with the tokens it did spend)."""
+    The arm sets `spend` (a callable returning its running `Spend`); `check(model, step)` is
+    called after every optimizer step and appends a record for every milestone reached (the
+    same measurement for milestones crossed on one step). `done` once the last milestone is
+    reached; `finish` records whatever milestones a capped run never reached (with what it did
+    spend)."""
 
-    def __init__(self, ctx, arm: Arm, seed: int, lr: float, budgets: list[int], spent: Callable[[], float],
-                 t0: float):
-        self.ctx, self.arm, self.seed, self.lr, self.budgets, self.spent, self.t0 = ctx, arm, seed, lr, budgets, spent, t0
+    def __init__(self, ctx, arm: Arm, seed: int, lr: float, budget: Budget, t0: float,
+                 spend: Callable[[], Spend] | None = None):
+        self.ctx, self.arm, self.seed, self.lr, self.budget, self.t0 = ctx, arm, seed, lr, budget, t0
+        self.budgets = list(budget.milestones)
+        self.card = price_card(budget.card)
+        self.spend: Callable[[], Spend] = spend or Spend
         self.records: list[dict] = []
         self.extra: dict[str, Any] = {}
+
+    def spent(self) -> float:
+        """The spend so far in the budget's unit."""
+        sp = self.spend()
+        return sp.usd(self.card) if self.budget.unit == "usd" else sp.teacher_tokens
+
+    @property
+    def next_budget(self) -> float:
+        return self.budgets[min(len(self.records), len(self.budgets) - 1)]
 
     @property
     def done(self) -> bool:
         return len(self.records) >= len(self.budgets)
 
+    def spend_fields(self) -> dict[str, Any]:
+        sp = self.spend()
+        return {"teacher_tokens": sp.teacher_tokens, "teacher_input_tokens": sp.input_tokens,
+                "teacher_output_tokens": sp.output_tokens, "teacher_calls": sp.calls,
+                "teacher_usd": sp.usd(self.card), "price_card": self.card.name}
+
+    def base_record(self, b: float) -> dict[str, Any]:
+        return {"arm": self.arm.name, "access": self.arm.access, "task": self.ctx.task, "seed": self.seed,
+                self.budget.key: b, "budget_unit": self.budget.unit}
+
     def _record(self, model, step: int, reached: bool) -> None:
-        spent = int(self.spent())
+        spent = self.spent()
         pending = [b for b in self.budgets[len(self.records):] if spent >= b or not reached]
         if not pending:
             return
         train_s = time.perf_counter() - self.t0
         m = self.ctx.measure(model, self.seed, dev=len(self.records) + len(pending) >= len(self.budgets))
+        fields = self.spend_fields()
         for b in pending:
-            self.records.append({"arm": self.arm.name, "access": self.arm.access, "task": self.ctx.task,
-                                 "seed": self.seed, "budget_tokens": b, "teacher_tokens": spent, "steps": step,
-                                 "lr": self.lr, "train_s": train_s, "budget_reached": spent >= b, **m,
+            self.records.append({**self.base_record(b), **fields, "steps": step, "lr": self.lr, "train_s": train_s,
+                                 "budget_reached": spent >= b, **m,
                                  **({"extra": dict(self.extra)} if self.extra else {})})
         self.t0 += time.perf_counter() - self.t0 - train_s  # measuring does not count as training time
 
@@ -171,115 +235,66 @@ class Milestones:
 
 
 class MilestoneCallback(TrainerCallback):
-    """The TRL hook: measure at milestones after each step, stop after the last one."""
+    """The TRL hook: measure at milestones after each step, stop after the last one (or once
+    `stop_at` is spent: a phase of a schedule)."""
 
-    def __init__(self, ms: Milestones, model):
-        self.ms, self.model = ms, model
+    def __init__(self, ms: Milestones, model, stop_at: float | None = None):
+        self.ms, self.model, self.stop_at = ms, model, stop_at
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ms.check(self.model, state.global_step)
-        if self.ms.done:
+        if self.ms.done or (self.stop_at is not None and self.ms.spent() >= self.stop_at):
             control.should_training_stop = True
         return control
 
 
 # --- arms -----------------------------------------------------------------------------------
-def run_arm(arm: Arm, ctx, seed: int, lr: float, budgets: list[int], noise_l2: dict[int, float] | None = None) -> list[dict]:
-    """One arm x seed from the task's start; one record per budget milestone."""
+def run_arm(arm: Arm, ctx, seed: int, lr: float, budgets: list[float] | Budget,
+            noise_l2: dict[float, float] | None = None) -> list[dict]:
+    """One arm x seed from the task's start; one record per budget milestone. `budgets` is a
+    `Budget`, or a plain list of token milestones (the lab's historical unit)."""
+    budget = budgets if isinstance(budgets, Budget) else Budget(tuple(budgets))
     student = ctx.fresh_student()
     t0 = time.perf_counter()
+    ms = Milestones(ctx, arm, seed, lr if arm.kind not in ("none", "noise") else 0.0, budget, t0)
     if arm.kind == "none":
-        spent = lambda: 0  # noqa: E731
-        ms = Milestones(ctx, arm, seed, 0.0, budgets, spent, t0)
         m = ctx.measure(student.eval(), seed, dev=True)
-        ms.records = [{"arm": arm.name, "access": arm.access, "task": ctx.task, "seed": seed, "budget_tokens": b,
-                       "teacher_tokens": 0, "steps": 0, "lr": 0.0, "train_s": 0.0, "budget_reached": True, **m}
-                      for b in budgets]
+        ms.records = [{**ms.base_record(b), **ms.spend_fields(), "steps": 0, "lr": 0.0, "train_s": 0.0,
+                       "budget_reached": True, **m} for b in ms.budgets]
         return ms.records
     if arm.kind == "noise":
-        return _noise(arm, ctx, student, seed, budgets, noise_l2 or {})
+        return _noise(ctx, student, seed, ms, noise_l2 or {})
     torch.manual_seed(seed)
     random.seed(seed)
-    if arm.kind == "sft":
-        return _sft(arm, ctx, student, seed, lr, budgets, t0)
+    if arm.kind == "recipe":
+        from bench.lab.recipes import run_recipe
+
+        return run_recipe(arm, ctx, student, seed, lr, ms)
     if arm.kind == "opd":
-        return _opd(arm, ctx, student, seed, lr, budgets, t0)
+        return _opd(ctx, student, seed, lr, ms)
     if arm.kind == "pipeline":
-        return pipeline_arm(arm, ctx, student, seed, lr, budgets, t0)
+        return pipeline_arm(arm.overrides, ctx, student, seed, lr, ms, name=arm.name)
     raise ValueError(f"unknown arm kind {arm.kind!r}")
 
 
-def _noise(arm: Arm, ctx, student, seed: int, budgets: list[int], noise_l2: dict[int, float]) -> list[dict]:
+def _noise(ctx, student, seed: int, ms: Milestones, noise_l2: dict[float, float]) -> list[dict]:
     """Per milestone: the start plus a fixed random direction scaled to that milestone's L2."""
     gen = torch.Generator().manual_seed(50_000 + seed)
     start = ctx.start_state
     direction = {k: torch.randn(v.shape, generator=gen) for k, v in start.items() if v.is_floating_point()}
     norm = sum(float(d.pow(2).sum()) for d in direction.values()) ** 0.5
     records = []
-    for b in budgets:
+    for b in ms.budgets:
         l2 = noise_l2.get(b, 0.0)
         state = {k: (v + direction[k] * (l2 / norm) if k in direction else v) for k, v in start.items()}
         student.load_state_dict(state)
-        m = ctx.measure(student.eval(), seed, dev=b == budgets[-1])
-        records.append({"arm": arm.name, "access": arm.access, "task": ctx.task, "seed": seed, "budget_tokens": b,
-                        "teacher_tokens": 0, "steps": 0, "lr": 0.0, "train_s": 0.0, "budget_reached": True,
-                        "noise_l2_target": l2, **m})
+        m = ctx.measure(student.eval(), seed, dev=b == ms.budgets[-1])
+        records.append({**ms.base_record(b), **ms.spend_fields(), "steps": 0, "lr": 0.0, "train_s": 0.0,
+                        "budget_reached": True, "noise_l2_target": l2, **m})
     return records
 
 
-def buy_solutions(ctx, questions: list[str]) -> list[tuple[str, str, int]]:
-    """Whole solutions from the teacher as text via the provider interface: (q, text, tokens)."""
-    from providers.base import Message, TeacherRequest
-
-    teacher = ctx.local_teacher()
-
-    async def batch():
-        reqs = [TeacherRequest((Message("user", q),), "", 1, ctx.scale.max_new_tokens, temperature=1.0) for q in questions]
-        return await asyncio.gather(*(teacher.sample(r) for r in reqs))
-
-    return [(q, s[0].text.strip(), int(s[0].output_tokens)) for q, s in zip(questions, asyncio.run(batch()))]
-
-
-def _sft(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
-    """SFT on teacher solutions bought as training goes (64 at a time, cycling through the
-    shuffled training problems, so a budget larger than one pass buys several solutions per
-    problem); each bought batch is trained on for `sft_reuse` passes. Constant learning rate
-    after a 10-step warm-up, like the on-policy arms."""
-    s = ctx.scale
-    rng = random.Random(seed)
-    spent = {"tokens": 0}
-    ms = Milestones(ctx, arm, seed, lr, budgets, lambda: spent["tokens"], t0)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: min(1.0, (st + 1) / 10))
-    order: list[int] = []
-    step, bought = 0, 0
-    student.train()
-    while not ms.done and step < s.max_arm_steps:
-        if len(order) < 64:
-            more = list(range(len(ctx.train)))
-            rng.shuffle(more)
-            order += more
-        # buy up to 64 at a time, never more than the next milestone can take (a solution has at
-        # most max_new_tokens tokens), so a milestone is overshot by less than one solution
-        n = min(64, max(1, (budgets[len(ms.records)] - spent["tokens"]) // s.max_new_tokens))
-        idx, order = order[:n], order[n:]
-        got = buy_solutions(ctx, [ctx.train[i].question for i in idx])
-        spent["tokens"] += sum(t for _, _, t in got)
-        bought += len(got)
-        data = nets.encode_pairs(ctx.tokenizer, [(q, text) for q, text, _ in got])
-        n_steps = max(1, math.ceil(s.sft_reuse * len(data) / s.arm_batch))
-        for _ in range(n_steps):
-            batch = nets.collate([data[i] for i in rng.sample(range(len(data)), min(s.arm_batch, len(data)))],
-                                 ctx.tokenizer.pad_token_id)
-            nets.train_step(student, opt, sched, batch)
-            step += 1
-        ms.extra = {"solutions": bought}
-        ms.check(student, step)
-    ms.finish(student, step)
-    return ms.records
-
-
-def _opd(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
+def _opd(ctx, student, seed: int, lr: float, ms: Milestones) -> list[dict]:
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import DistillationConfig, DistillationTrainer
@@ -305,7 +320,7 @@ def _opd(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: f
         save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, max_grad_norm=1.0,
     )
     rows = [{"prompt": [{"role": "user", "content": p.question}]} for p in ctx.train]
-    ms = Milestones(ctx, arm, seed, lr, budgets, lambda: CountingDistillationTrainer.scored, t0)
+    ms.spend = lambda: Spend(scored_tokens=float(CountingDistillationTrainer.scored))
     trainer = CountingDistillationTrainer(
         model=student, teacher_model=ctx.teacher, args=args, train_dataset=Dataset.from_list(rows),
         processing_class=ctx.tokenizer, callbacks=[MilestoneCallback(ms, student)],
@@ -346,20 +361,32 @@ def pipeline_config(ctx, seed: int, lr: float, name: str, overrides: dict[str, A
     return build_config(overrides={**base, **overrides})
 
 
-def pipeline_arm(arm: Arm, ctx, student, seed: int, lr: float, budgets: list[int], t0: float) -> list[dict]:
-    """Train through omniopd's real entry point with the teacher behind the provider interface."""
+def pipeline_arm(overrides: dict[str, Any], ctx, student, seed: int, lr: float, ms: Milestones, *, name: str,
+                 before: Spend | None = None, step0: int = 0) -> list[dict]:
+    """Train through omniopd's real entry point with the teacher behind the provider interface.
+
+    Its spend is what the local teacher reports (input: prompt + the student's prefix at every
+    fork, in the lab tokenizer; output: the teacher's tokens; white-box: scored tokens), plus
+    `before` (what an earlier phase of a schedule bought); `step0` its optimizer steps."""
     from omniopd.train import run_train
 
-    cfg = pipeline_config(ctx, seed, lr, arm.name, arm.overrides)
+    cfg = pipeline_config(ctx, seed, lr, name, overrides)
     shutil.rmtree(cfg.output.dir, ignore_errors=True)
     teacher = ctx.local_teacher()
-    # teacher output tokens, plus the tokens a white-box method had the teacher score
-    spent = lambda: teacher.usage_totals()["output_tokens"] + teacher.usage_totals().get("scored_tokens", 0.0)  # noqa: E731
-    ms = Milestones(ctx, arm, seed, lr, budgets, spent, t0)
+    base = before or Spend()
+    ms.spend = lambda: base.plus(Spend.of_usage(teacher.usage_totals()))
+
+    class Offset(MilestoneCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ms.check(self.model, step0 + state.global_step)
+            if self.ms.done:
+                control.should_training_stop = True
+            return control
+
     result = run_train(cfg, model=student, tokenizer=ctx.tokenizer, teacher=teacher, phi=ctx.phi(cfg.scorer.similarity),
-                       extra_callbacks=[MilestoneCallback(ms, student)], echo=False)
-    ms.extra = {"teacher_samples": result.teacher_samples}
-    ms.finish(student, result.steps)
+                       extra_callbacks=[Offset(ms, student)], echo=False)
+    ms.extra = {**ms.extra, "teacher_samples": result.teacher_samples}
+    ms.finish(student, step0 + result.steps)
     for r in ms.records:
         r.setdefault("extra", {})["metrics"] = str(cfg.output.dir) + "/metrics.jsonl"
     return ms.records

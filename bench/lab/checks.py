@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from bench.lab import measure, tasks
-from bench.lab.report import mean_se
+from bench.lab.report import budget_of, mean_se
 
 
 def teacher_accuracy(ctx) -> dict:
@@ -90,7 +90,7 @@ def positive_control(records: list[dict], task: str, budget: int, start_acc: flo
     """Each control arm's mean greedy accuracy at the full budget minus the start, in s.e."""
     out: dict = {"passed": True, "arms": {}}
     for arm in arms:
-        accs = [r["accuracy"] for r in records if r["arm"] == arm and r["task"] == task and r["budget_tokens"] == budget]
+        accs = [r["accuracy"] for r in records if r["arm"] == arm and r["task"] == task and budget_of(r) == budget]
         if not accs:
             out["arms"][arm] = {"passed": False, "why": "not run"}
             out["passed"] = False

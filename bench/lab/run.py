@@ -3,6 +3,7 @@
     python -m bench.lab.run --scale small             # the default arms, both task families
     python -m bench.lab.run --scale small --arms all --lr-sweep 1e-4,3e-4,1e-3 --name small-full
     python -m bench.lab.run --scale tiny --seeds 1    # seconds; the smoke test's size
+    python -m bench.lab.run --scale small --budget-usd 1.2 --arms no-training,sft,sft-gated,noise-floor   # in dollars
 
 Per task family (`arith`, `lists`; `bench.lab.tasks`): draw train / held-out / dev problems
 (disjoint, `--data-seed`), train a word-level tokenizer, train (or load from the cache) a teacher
@@ -15,7 +16,9 @@ that also repairs the start's flawed prefixes and a mid-level start student (`be
 3. every other arm, then the noise floor (the start moved by random noise of the size the
    trained arms moved it).
 
-Each arm x seed is one run measured at budget milestones (a learning curve). Jobs run in
+Each arm x seed is one run measured at budget milestones (a learning curve): teacher output
+tokens, or with `--budget-usd` teacher dollars, every call priced by `--price-card`
+(`bench.lab.dollars`; every record carries `teacher_usd` either way). Jobs run in
 `--workers` processes (one torch thread each). Writes `bench/lab/results/<name>.json`
 (`records`, `checks`) and `<name>-<task>.png` after every finished job, and the run's files
 (logs, teachers' and students' run directories) under `runs/lab/<name>-<config key>`.
@@ -71,8 +74,16 @@ class Scale:
     recovery_min: float = 0.7
     recovery_flawed_min: float = 0.5
     start_band: tuple[float, float] = (0.30, 0.45)
+    budget_usd: float | None = None  # when set, milestones are in teacher dollars (the last one), not tokens
+    price_card: str = "claude-haiku-4-5"  # bench.lab.dollars: prices every teacher call
 
-    def budgets(self) -> list[int]:
+    @property
+    def budget_unit(self) -> str:
+        return "usd" if self.budget_usd is not None else "tokens"
+
+    def budgets(self) -> list[float]:
+        if self.budget_usd is not None:
+            return sorted({round(f * self.budget_usd, 6) for f in self.milestones})
         return sorted({max(1, round(f * self.budget_tokens)) for f in self.milestones})
 
 
@@ -165,7 +176,8 @@ def _job(job: dict) -> dict:
         if job["kind"] == "prepare":
             return {"job": job["label"], "info": ctx.info, "checks": checks.before_arms(ctx), "wall_s": time.perf_counter() - t0}
         arm = arms.ARMS[job["arm"]]
-        records = arms.run_arm(arm, ctx, job["seed"], job["lr"], job["budgets"], job.get("noise_l2"))
+        budget = arms.Budget(tuple(job["budgets"]), job["scale"].budget_unit, job["scale"].price_card)
+        records = arms.run_arm(arm, ctx, job["seed"], job["lr"], budget, job.get("noise_l2"))
         for r in records:
             r["sweep"] = job.get("sweep", False)
         return {"job": job["label"], "records": records, "wall_s": time.perf_counter() - t0}
@@ -208,6 +220,7 @@ class Runner:
 
 
 def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int, data_seed: int, run_dir: Path,
+            first_seed: int = 0,
             cache_dir: Path, workers: int = 1, lr_sweep: list[float] | None = None, arm_lr: float | None = None,
             retrain: bool = False, ignore_checks: bool = False, on_update=None) -> dict:
     """The whole lab (see module docstring); `on_update(report)` after every finished job.
@@ -217,11 +230,13 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
     task's teacher still trains."""
     from bench.lab import arms as armmod
     from bench.lab import checks
+    from bench.lab.report import budget_of
 
     t_start = time.perf_counter()
     budgets = scale.budgets()
     report: dict = {"scale": dataclasses.asdict(scale), "tasks": tasks, "seeds": seeds, "data_seed": data_seed,
-                    "arms": arm_names, "budgets": budgets, "checks": {}, "records": [], "sweep_records": [],
+                    "arms": arm_names, "budgets": budgets, "budget_unit": scale.budget_unit,
+                    "price_card": scale.price_card, "checks": {}, "records": [], "sweep_records": [],
                     "errors": [], "lr": {}, "instrument": {}, "job_wall_s": {}, "stopped": {}}
 
     def update() -> None:
@@ -272,7 +287,7 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
                 yield [job(a, task, 0, lr, sweep=True) for a in trained for lr in lr_sweep]
                 for a in trained:
                     rs = [r for r in report["sweep_records"] if r["arm"] == a and r["task"] == task
-                          and r["budget_tokens"] == budgets[-1]]
+                          and budget_of(r) == budgets[-1]]
                     if rs:
                         report["lr"][f"{a}:{task}"] = max(rs, key=lambda r: (r.get("dev_accuracy", 0.0), -r["lr"]))["lr"]
                         chosen = report["lr"][f"{a}:{task}"]
@@ -281,11 +296,14 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
             jobs = []
             for a in names:
                 lr = report["lr"].setdefault(f"{a}:{task}", lr_of(a))
-                jobs += [job(a, task, seed, lr) for seed in range(seeds) if not (lr_sweep and a in trained and seed == 0)]
+                jobs += [job(a, task, seed, lr) for seed in range(first_seed, first_seed + seeds)
+                         if not (lr_sweep and a in trained and seed == 0)]
             yield jobs
             if names is controls:
                 start = report["checks"][task]["start_accuracy"]["figure"]
-                report["checks"][task]["positive_control"] = checks.positive_control(report["records"], task, budgets[-1], start)
+                ran = tuple(a for a in ("sft", "opd") if a in arm_names)  # the controls this run has
+                report["checks"][task]["positive_control"] = checks.positive_control(report["records"], task, budgets[-1], start,
+                                                                                     arms=ran or ("sft", "opd"))
                 log_checks(task, ["positive_control"])
                 if (not report["checks"][task]["positive_control"]["passed"] and not ignore_checks
                         and {"sft", "opd"} <= set(arm_names)):
@@ -295,11 +313,11 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
         if "noise-floor" in arm_names:
             moved = {}
             for b in budgets:
-                l2s = [r["weights_l2"] for r in report["records"] if r["task"] == task and r["budget_tokens"] == b
+                l2s = [r["weights_l2"] for r in report["records"] if r["task"] == task and budget_of(r) == b
                        and armmod.ARMS[r["arm"]].kind not in ("none", "noise")]
                 moved[b] = sum(l2s) / len(l2s) if l2s else 0.0
             report["lr"][f"noise-floor:{task}"] = 0.0
-            yield [job("noise-floor", task, seed, 0.0, noise_l2=moved) for seed in range(seeds)]
+            yield [job("noise-floor", task, seed, 0.0, noise_l2=moved) for seed in range(first_seed, first_seed + seeds)]
 
     def done(res: dict) -> None:
         report["job_wall_s"][res["job"]] = res["wall_s"]
@@ -316,7 +334,7 @@ def run_lab(scale: Scale, arm_names: list[str], *, tasks: list[str], seeds: int,
             (report["sweep_records"] if rs and rs[0].get("sweep") else report["records"]).extend(rs)
             last = rs[-1] if rs else {}
             _log(f"{res['job']:<40} acc {last.get('accuracy', float('nan')):.3f}  t1 {last.get('accuracy_t1', float('nan')):.3f}  "
-                 f"tokens {last.get('teacher_tokens', 0):>7}  steps {last.get('steps', 0):>5}  {res['wall_s']:.0f}s")
+                 f"tokens {last.get('teacher_tokens', 0):>7.0f}  ${last.get('teacher_usd', 0):.3f}  steps {last.get('steps', 0):>5}  {res['wall_s']:.0f}s")
         update()
 
     runner = Runner(workers)
@@ -371,8 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arms, or 'all': {', '.join(ARMS)}")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated task families: {', '.join(TASKS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's, 3 for small)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run are first-seed .. first-seed + seeds - 1 (more seeds for an earlier run's file)")
     p.add_argument("--data-seed", type=int, default=1234, help="seed of the problems (fresh problems: another value)")
     p.add_argument("--budget", type=int, default=None, help="teacher tokens per arm, the last milestone (default: the scale's)")
+    p.add_argument("--budget-usd", type=float, default=None,
+                   help="teacher dollars per arm, the last milestone: milestones in dollars instead of tokens")
+    p.add_argument("--milestones", default=None,
+                   help="comma-separated fractions of the budget where every arm is measured (default: the scale's)")
+    p.add_argument("--price-card", default="claude-haiku-4-5",
+                   help="the model whose list prices (providers/capabilities.py) price every teacher call")
     p.add_argument("--arm-lr", type=float, default=None, help="one learning rate for every trained arm (default: tuned per arm)")
     p.add_argument("--lr-sweep", default=None, help="comma-separated learning rates: every trained arm runs each on seed 0, "
                    "the best dev accuracy at the full budget is kept for all seeds")
@@ -391,7 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.tasks.split(",")
     if bad := [t for t in tasks if t not in TASKS]:
         p.error(f"unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}")
-    changes = {"budget_tokens": args.budget} if args.budget else {}
+    changes: dict = {"budget_tokens": args.budget} if args.budget else {}
+    if args.budget_usd is not None:
+        changes["budget_usd"] = args.budget_usd
+    changes["price_card"] = args.price_card
+    if args.milestones:
+        changes["milestones"] = tuple(float(x) for x in args.milestones.split(","))
+    from bench.lab.dollars import price_card
+
+    price_card(args.price_card)  # an unknown or unpriced card fails here, not in every worker
     scale = scale_with(args.scale, **changes)
     seeds = args.seeds or scale.seeds
     name = args.name or args.scale
@@ -403,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(report: dict) -> None:
         report["command"] = command
         report["run_dir"] = str(run_dir)
+        rep.annotate(report)
         tmp = results / f".{name}.json.tmp"
         tmp.write_text(json.dumps(report, indent=1, default=str))
         tmp.replace(results / f"{name}.json")
@@ -412,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = [float(x) for x in args.lr_sweep.split(",")] if args.lr_sweep else None
     _log(f"run dir {run_dir}; results {results / name}.json; arms {', '.join(names)}; tasks {', '.join(tasks)}; "
          f"{seeds} seeds; budgets {scale.budgets()}; {args.workers} workers")
-    report = run_lab(scale, names, tasks=tasks, seeds=seeds, data_seed=args.data_seed, run_dir=run_dir,
+    report = run_lab(scale, names, tasks=tasks, seeds=seeds, first_seed=args.first_seed, data_seed=args.data_seed, run_dir=run_dir,
                      cache_dir=Path(args.cache_dir), workers=args.workers, lr_sweep=sweep, arm_lr=args.arm_lr,
                      retrain=args.retrain, ignore_checks=args.ignore_checks, on_update=save)
     save(report)
