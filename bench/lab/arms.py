@@ -85,7 +85,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "(the whole text is bought and billed)", recipe=Recipe(clean=True)),
     Arm("sft-then-dagger", "recipe", _BB, "SFT on the first half of the final budget, then black-box DAgger "
         "(omniopd-dagger-n1) on the rest", recipe=Recipe(sft_share=0.5, then="omniopd-dagger-n1")),
-    Arm("omniopd", "pipeline", _BB, "OmniOPD, omniopd train's default signal (N, C, M at the lab's scale)"),
+    Arm("omniopd", "pipeline", _BB, "OmniOPD, --method omniopd's default signal (N, C, M at the lab's scale)"),
     Arm("omniopd-paper", "pipeline", _BB, "the paper's loss, pinned: no baseline, no imitation, phi=embedding", _PAPER),
     Arm("omniopd-uniform", "pipeline", _BB, "ablation: chunks spread uniformly", {**_PAPER, "scheduler.selection": "uniform"}),
     Arm("omniopd-alpha0", "pipeline", _BB, "ablation: no Dirichlet smoothing (alpha=0)", {**_PAPER, "scorer.alpha": 0.0}),
@@ -338,6 +338,7 @@ def pipeline_config(ctx, seed: int, lr: float, name: str, overrides: dict[str, A
 
     s = ctx.scale
     base = {
+        "method.name": "omniopd",  # the pipeline's arms (an arm's overrides may name another method)
         "student.model": "lab-student",
         "student.generations": s.generations,
         "student.max_new_tokens": s.max_new_tokens,
