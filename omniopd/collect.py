@@ -30,6 +30,7 @@ from typing import Any
 
 from omniopd.config import CollectConfig, TrainConfig
 from omniopd.errors import BudgetExceededError, ConfigError
+from omniopd.solutions import sample_each
 
 log = logging.getLogger("omniopd")
 
@@ -249,7 +250,7 @@ async def _buy_live(teacher: Any, wants: list, store: Any, ledger: Any, ccfg: Co
         if ccfg.what == "solutions":
             got = await buy_solutions(cached, [w.prompt for w in wants], n=n, max_tokens=max_tokens, temperature=temperature)
         else:
-            got = await _sample_each(cached, [w.request for w in wants])
+            got = await sample_each(cached, [w.request for w in wants])
     except BudgetExceededError as exc:
         summary.refused = str(exc)
         echo(summary.refused)
@@ -262,22 +263,6 @@ async def _buy_live(teacher: Any, wants: list, store: Any, ledger: Any, ccfg: Co
     summary.rows.append(Row("live", "done", int(after["requests"] - before["requests"]), s["samples"] - s["cached"],
                             sum(1 for row in got if not row), after["input_tokens"] - before["input_tokens"],
                             after["output_tokens"] - before["output_tokens"], paid, paid))
-
-
-async def _sample_each(teacher: Any, requests: list) -> list[list]:
-    """Each request's samples; one that fails past the teacher's retries yields [] (a spend-cap stop propagates)."""
-    from omniopd.errors import TeacherError
-
-    async def one(req: Any) -> list:
-        try:
-            return await teacher.sample(req)
-        except BudgetExceededError:
-            raise
-        except TeacherError as exc:
-            log.warning("teacher request failed: %s", exc)
-            return []
-
-    return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
 def _job_rows(journal: Any) -> list[Row]:

@@ -28,24 +28,30 @@ def solution_request(prompt: list[dict[str, str]], *, n: int, max_tokens: int,
                           temperature=temperature)
 
 
-async def buy_solutions(teacher: Teacher, prompts: Sequence[list[dict[str, str]]], *, n: int, max_tokens: int,
-                        temperature: float | None = None) -> list[list[TeacherSample]]:
-    """`n` solutions per prompt, concurrently (the teacher's own limits pace them).
+async def sample_each(teacher: Teacher, requests: Sequence[TeacherRequest]) -> list[list[TeacherSample]]:
+    """Each request's samples, concurrently (the teacher's own limits pace them).
 
-    A prompt whose request fails past the teacher's retries yields an empty list (logged), so one
-    bad prompt costs its own slots only; a spend-cap stop (`BudgetExceededError`) propagates.
+    A request that fails past the teacher's retries yields an empty list (logged), so one bad
+    prompt costs its own slots only; a spend-cap stop (`BudgetExceededError`) propagates.
     """
 
-    async def one(p: list[dict[str, str]]) -> list[TeacherSample]:
+    async def one(request: TeacherRequest) -> list[TeacherSample]:
         try:
-            return await teacher.sample(solution_request(p, n=n, max_tokens=max_tokens, temperature=temperature))
+            return await teacher.sample(request)
         except BudgetExceededError:
             raise
         except TeacherError as exc:
-            log.warning("teacher solution failed for a prompt: %s", exc)
+            log.warning("teacher request failed: %s", exc)
             return []
 
-    return list(await asyncio.gather(*(one(p) for p in prompts)))
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+async def buy_solutions(teacher: Teacher, prompts: Sequence[list[dict[str, str]]], *, n: int, max_tokens: int,
+                        temperature: float | None = None) -> list[list[TeacherSample]]:
+    """`n` solutions per prompt (`sample_each` of their `solution_request`s)."""
+    return await sample_each(teacher, [solution_request(p, n=n, max_tokens=max_tokens, temperature=temperature)
+                                       for p in prompts])
 
 
 def solution_summary(samples: Sequence[Sequence[TeacherSample]]) -> dict[str, Any]:
