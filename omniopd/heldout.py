@@ -77,16 +77,3 @@ class HeldOutEval(TrainerCallback):
         log.info("held-out accuracy at step %d: %.3f (%d problems, $%.4f spent)", row["step"], row["greedy_accuracy"],
                  row["n"], row["teacher_usd"])
 
-
-def read_heldout(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of `<run>/heldout.jsonl` (a half-written last line is skipped)."""
-    p = Path(run_dir) / HELDOUT_FILE
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

@@ -50,6 +50,11 @@ class StepMemory:
         return self.model_states + self.activations + self.frozen + self.fixed
 
 
+def model_state_bytes(trainable_params: int, total_params: int) -> int:
+    """fp32 weights, gradients and AdamW's two moments of the trainable parameters; weights of the rest."""
+    return 16 * trainable_params + 4 * (total_params - trainable_params)
+
+
 def estimate_step_bytes(*, trainable_params: int, total_params: int, reference_params: int, teacher_params: int,
                         microbatch_tokens: int, act_bytes_per_token: int) -> StepMemory:
     """The estimated peak of one learner step (see the module docstring for the model).
@@ -58,8 +63,7 @@ def estimate_step_bytes(*, trainable_params: int, total_params: int, reference_p
     LoRA, where the reference is the adapter switched off). `teacher_params`: an in-process
     (local) teacher's weights, 0 for an API teacher.
     """
-    states = 16 * trainable_params + 4 * (total_params - trainable_params)
-    return StepMemory(model_states=states, activations=microbatch_tokens * act_bytes_per_token,
+    return StepMemory(model_states=model_state_bytes(trainable_params, total_params), activations=microbatch_tokens * act_bytes_per_token,
                       frozen=4 * (reference_params + teacher_params), fixed=HEAD_TILE_BYTES)
 
 

@@ -401,9 +401,13 @@ class RunData:
 
     def heldout(self) -> list[dict[str, Any]]:
         """`heldout.jsonl`: held-out accuracy during training against teacher spend (`--eval-every`)."""
-        from omniopd.heldout import read_heldout
+        from omniopd.heldout import HELDOUT_FILE
 
-        return read_heldout(self.run_dir) if self.run_dir is not None else []
+        if self.run_dir is None:
+            return []
+        rows, problems = read_metrics(self.run_dir / HELDOUT_FILE)  # same line rules as metrics.jsonl
+        self.problems.extend(problems)
+        return rows
 
     def evals(self) -> list[tuple[str, dict[str, Any]]]:
         """`eval*.json` files in the run directory (written by `omniopd eval --output`)."""

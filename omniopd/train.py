@@ -414,7 +414,7 @@ def step_memory_budget(parts: Parts, checkpointing: bool) -> int | None:
     import torch
 
     from omniopd.memory import (activation_bytes_per_token, available_bytes, default_microbatch_tokens,
-                                estimate_step_bytes, too_big_message)
+                                estimate_step_bytes, model_state_bytes, too_big_message)
     from omniopd.teachers import parse_spec
 
     cfg, model = parts.cfg, parts.model
@@ -428,7 +428,7 @@ def step_memory_budget(parts: Parts, checkpointing: bool) -> int | None:
     avail = available_bytes(device)
     budget = cfg.learner.max_tokens_per_microbatch
     if budget is None:
-        budget = default_microbatch_tokens(device, model_states_bytes=16 * trainable + 4 * (total - trainable),
+        budget = default_microbatch_tokens(device, model_states_bytes=model_state_bytes(trainable, total),
                                            act_bytes_per_token=per_token, free_bytes=avail)
     if budget == 0:  # no limit: the estimate is for the largest batch the defaults can build
         S = cfg.student
